@@ -1,0 +1,93 @@
+"""Input checks shared by every public entry point.
+
+Each check raises a :class:`ValueError` (or :class:`TypeError`) whose message names the
+argument, what was expected and what was given. Checks run on concrete (non-traced) values
+only: under ``jit`` the values are tracers and the value checks are skipped, while shape checks,
+which are static, always run. That is how bad input is caught "at the door", before compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+__all__ = [
+    "is_concrete",
+    "check_finite",
+    "check_positive",
+    "check_square",
+    "check_symmetric",
+    "check_ndim",
+]
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values (not a tracer inside ``jit``/``grad``/``vmap``)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+
+
+def _describe(x) -> str:
+    a = np.asarray(x)
+    return f"array of shape {a.shape} and dtype {a.dtype}"
+
+
+def check_finite(name: str, x) -> None:
+    """Raise if a concrete ``x`` contains NaN or inf."""
+    if x is None or not is_concrete(x):
+        return
+    a = np.asarray(x)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(
+            f"`{name}` must be finite (no NaN or inf); got {_describe(a)} with {bad} non-finite "
+            "value(s)."
+        )
+
+
+def check_positive(name: str, x, *, allow_zero: bool = False) -> None:
+    """Raise if a concrete ``x`` has entries ``<= 0`` (``< 0`` with ``allow_zero``)."""
+    if x is None or not is_concrete(x):
+        return
+    a = np.asarray(x)
+    check_finite(name, a)
+    bad = a < 0 if allow_zero else a <= 0
+    if np.any(bad):
+        expect = "non-negative" if allow_zero else "strictly positive"
+        raise ValueError(f"`{name}` must be {expect}; got {_describe(a)} with minimum {a.min()!r}.")
+
+
+def check_ndim(name: str, x, ndim: int | Sequence[int]) -> None:
+    """Raise if ``x`` does not have one of the allowed numbers of dimensions."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    got = np.ndim(x)
+    if got not in allowed:
+        want = " or ".join(f"{d}-D" for d in allowed)
+        raise ValueError(f"`{name}` must be {want}; got shape {np.shape(x)}.")
+
+
+def check_square(name: str, x) -> None:
+    """Raise if ``x`` is not a square matrix (static check, runs under ``jit`` too)."""
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"`{name}` must be a square matrix (n, n); got shape {shape}.")
+
+
+def check_symmetric(name: str, x, *, rtol: float | None = None) -> None:
+    """Raise if a concrete square ``x`` is not (Hermitian-)symmetric within a dtype tolerance."""
+    check_square(name, x)
+    if not is_concrete(x):
+        return
+    a = np.asarray(x)
+    check_finite(name, a)
+    if rtol is None:
+        rtol = 1e-4 if a.dtype in (np.float32, np.complex64) else 1e-8
+    scale = max(float(np.max(np.abs(a))), 1e-30)
+    err = float(np.max(np.abs(a - a.conj().T)))
+    if err > rtol * scale:
+        raise ValueError(
+            f"`{name}` must be symmetric (SPD factor expected); got a {a.shape} matrix with "
+            f"max |A - A^T| = {err:.3g} (relative {err / scale:.3g} > tolerance {rtol:.1g})."
+        )
