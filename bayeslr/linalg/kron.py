@@ -78,6 +78,10 @@ __all__ = [
 
 Factors = Sequence[Inexact[Array, "m n"]]
 
+# Full-precision contractions: on GPUs JAX defaults float32 matmuls to TF32 (~3 digits),
+# which the structured solves below cannot afford.
+_HI = jax.lax.Precision.HIGHEST
+
 
 class KronEigh(NamedTuple):
     r"""Per-factor eigendecomposition :math:`K_i = Q_i \operatorname{diag}(\lambda_i) Q_i^\top`."""
@@ -169,7 +173,7 @@ def mode_product(x: Inexact[Array, ...], a: Inexact[Array, "m n"], mode: int) ->
     ``x`` has ``n`` entries on axis ``mode``; the result has ``m`` there. Cost :math:`O(m \cdot
     \operatorname{size}(x))`.
     """
-    out = jnp.tensordot(a, x, axes=((1,), (mode,)))
+    out = jnp.tensordot(a, x, axes=((1,), (mode,)), precision=_HI)
     return jnp.moveaxis(out, 0, mode) if mode != 0 else out
 
 
@@ -291,9 +295,9 @@ def _logdet_factor_grads(eigvals, eigvecs, w):
     for i in range(d):
         others = [j for j in range(d) if j != i]
         spec = ",".join([idx] + [idx[j] for j in others]) + "->" + idx[i]
-        g = jnp.einsum(spec, w, *[lam[j] for j in others]) if others else w
+        g = jnp.einsum(spec, w, *[lam[j] for j in others], precision=_HI) if others else w
         q = eigvecs[i]
-        grads.append((q * g[None, :]) @ jnp.conj(q).T)
+        grads.append(jnp.matmul(q * g[None, :], jnp.conj(q).T, precision=_HI))
     return grads
 
 
@@ -509,7 +513,7 @@ def kron_masked_solve_logdet(
     chol = jnp.linalg.cholesky(b_mm)
     ey = by.reshape(-1, nb)[missing]  # E^T B y  (m, nb)
     coef = jax.scipy.linalg.cho_solve((chol, True), ey)
-    x = by - (flat_be @ coef).reshape(by.shape)
+    x = by - jnp.matmul(flat_be, coef, precision=_HI).reshape(by.shape)
     x = jnp.where(_bcast(mask, x), x, 0)  # exactly zero at missing cells (round-off aside)
     logdet = logdet_a + 2.0 * jnp.sum(jnp.log(jnp.real(jnp.diagonal(chol))))
     return x.reshape(y.shape), logdet
@@ -689,7 +693,9 @@ def kron_predict(
     dtype = _result_dtype(factors, y)
     eig = kron_eigh(tuple(jnp.asarray(k, dtype) for k in factors))
     w = 1.0 / _spectrum(eig.eigvals, jnp.asarray(noise, dtype))
-    cq = tuple(c @ q for c, q in zip(cross_factors, eig.eigvecs, strict=True))
+    cq = tuple(
+        jnp.matmul(c, q, precision=_HI) for c, q in zip(cross_factors, eig.eigvecs, strict=True)
+    )
     explained = kron_mv(tuple(jnp.abs(a) ** 2 for a in cq), w)
     if observed is not None:
         obs = _check_mask(observed, grid)

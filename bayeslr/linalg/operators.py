@@ -116,7 +116,7 @@ class DenseOperator(LinearOperator):
         return jnp.linalg.cholesky(0.5 * (self.matrix + jnp.conj(self.matrix).T))
 
     def matvec(self, v):
-        return self.matrix @ v
+        return jnp.matmul(self.matrix, v, precision=jax.lax.Precision.HIGHEST)
 
     def solve(self, v):
         self._check_vec("v", v)
@@ -129,7 +129,7 @@ class DenseOperator(LinearOperator):
         return jnp.diagonal(self.matrix)
 
     def sqrt_matvec(self, z):
-        return self._chol() @ z
+        return jnp.matmul(self._chol(), z, precision=jax.lax.Precision.HIGHEST)
 
     def to_dense(self):
         return self.matrix
