@@ -45,6 +45,34 @@ def test_kron_mv_and_adjoint_match_dense(case):
     )
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 7), min_size=2, max_size=4),
+    noise=st.floats(0.05, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_solve_logdet_and_gen_eigh_hypothesis_shapes(sizes, noise, seed):
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        fs = [jnp.asarray(spd(rng, n)) for n in sizes]
+        y = jnp.asarray(rng.standard_normal(sizes))
+        a = np.asarray(K.kron_dense(fs)) + noise * np.eye(int(np.prod(sizes)))
+        x, logdet = K.kron_solve_logdet(fs, y, noise)
+        np.testing.assert_allclose(
+            x.reshape(-1), np.linalg.solve(a, np.asarray(y).reshape(-1)), rtol=1e-8, atol=1e-10
+        )
+        np.testing.assert_allclose(logdet, np.linalg.slogdet(a)[1], rtol=1e-9, atol=1e-9)
+        bs = [jnp.asarray(rng.uniform(0.5, 2.0, n)) for n in sizes]
+        geig = K.kron_gen_eigh(fs, bs)
+        pencil = np.asarray(K.kron_dense(fs)) + np.diag(np.asarray(K.kron_outer(bs)).reshape(-1))
+        np.testing.assert_allclose(
+            K.kron_pencil_inv_diag(geig, 1.0, 1.0).reshape(-1),
+            np.diag(np.linalg.inv(pencil)),
+            rtol=1e-8,
+            atol=1e-10,
+        )
+
+
 def test_mode_product_matches_unfolding(rng):
     x = jnp.asarray(rng.standard_normal((3, 4, 5)))
     a = jnp.asarray(rng.standard_normal((6, 4)))
