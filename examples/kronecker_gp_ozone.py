@@ -126,9 +126,8 @@ seasonal = np.stack([Ytr[:, cal == m % 12].mean(axis=1) for m in test_idx], axis
 inside = jnp.mean(jnp.abs(Y_test - mean) < 1.96 * std)
 print(f"RMSE, Kronecker GP                : {rmse(mean):6.2f} DU")
 print(f"RMSE, per-cell linear interpolation: {rmse(jnp.asarray(linear)):6.2f} DU")
-print(
-    f"RMSE, per-cell calendar-month mean : {rmse(jnp.asarray(seasonal.reshape(Y_test.shape))):6.2f} DU"
-)
+seasonal = jnp.asarray(seasonal.reshape(Y_test.shape))
+print(f"RMSE, per-cell calendar-month mean : {rmse(seasonal):6.2f} DU")
 print(f"95% interval coverage (GP)        : {float(inside):.1%}")
 
 # %% [markdown]
