@@ -1,3 +1,43 @@
-"""bayeslr: structured Bayesian models in NumPyro/JAX (work in progress)."""
+"""bayeslr: structured Bayesian models in NumPyro/JAX.
+
+Structure (Kronecker grids, Markov time series, sparse supports, low-rank cores) is kept all the
+way through inference. Subpackages, lowest layer first:
+
+* :mod:`bayeslr.linalg` — structured linear algebra (Kronecker products, operators); no NumPyro.
+* :mod:`bayeslr.gp` — stationary kernels with derivatives, spectra, SDE forms; product kernels.
+* :mod:`bayeslr.distributions` — NumPyro distributions that keep the structure
+  (:class:`~bayeslr.distributions.KroneckerNormal`).
+* :mod:`bayeslr.datasets` — real data that ship offline, and synthetic generators.
+
+Importing bayeslr computes and compiles nothing.
+"""
+
+from bayeslr import datasets, distributions, gp, linalg
+from bayeslr.distributions import KroneckerNormal
+from bayeslr.gp import (
+    RBF,
+    Matern12,
+    Matern32,
+    Matern52,
+    ProductKernel,
+    SpectralMixture,
+    StudentTMixture,
+)
 
 __version__ = "0.1.0.dev0"
+
+__all__ = [
+    "__version__",
+    "linalg",
+    "gp",
+    "distributions",
+    "datasets",
+    "KroneckerNormal",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "RBF",
+    "SpectralMixture",
+    "StudentTMixture",
+    "ProductKernel",
+]
