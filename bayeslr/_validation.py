@@ -56,7 +56,9 @@ def check_positive(name: str, x, *, allow_zero: bool = False) -> None:
     bad = a < 0 if allow_zero else a <= 0
     if np.any(bad):
         expect = "non-negative" if allow_zero else "strictly positive"
-        raise ValueError(f"`{name}` must be {expect}; got {_describe(a)} with minimum {a.min()!r}.")
+        raise ValueError(
+            f"`{name}` must be {expect}; got {_describe(a)} with minimum {float(a.min()):g}."
+        )
 
 
 def check_ndim(name: str, x, ndim: int | Sequence[int]) -> None:
