@@ -112,10 +112,18 @@ def parse_shape(s: str) -> tuple[int, ...]:
     return tuple(int(p) for p in s.lower().split("x"))
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_inputs(shape, dtype):
-    xs = [torch.from_numpy(np.linspace(0.0, 1.0, n)).to(dtype) for n in shape]
+    xs = [torch.from_numpy(np.linspace(0.0, 1.0, n)).to(DEVICE, dtype) for n in shape]
     N = math.prod(shape)
-    y = torch.from_numpy(np.random.default_rng(Y_SEED).standard_normal(N)).to(dtype)
+    y = torch.from_numpy(np.random.default_rng(Y_SEED).standard_normal(N)).to(DEVICE, dtype)
     return xs, y
 
 
@@ -124,7 +132,7 @@ def build_operator(xs, lengthscale, noise):
     for i, x in enumerate(xs):
         d = x.unsqueeze(-1) - x.unsqueeze(-2)
         k = VARIANCE * torch.exp(-(d * d) / (2.0 * lengthscale[i] ** 2))
-        k = k + JITTER * torch.eye(x.shape[0], dtype=x.dtype)
+        k = k + JITTER * torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
         factors.append(DenseLinearOperator(k))
     K = KroneckerProductLinearOperator(*factors)
     N = K.shape[-1]
@@ -139,6 +147,7 @@ def one_run(xs, y, lengthscale, noise):
     A = build_operator(xs, lengthscale, noise)
     inv_quad, logdet = A.inv_quad_logdet(inv_quad_rhs=y, logdet=True)
     (inv_quad + logdet).backward()
+    _sync()
     return inv_quad.detach(), logdet.detach(), lengthscale.grad.detach().clone()
 
 
@@ -210,11 +219,14 @@ def bench_shape(shape, repeats, dtype):
         "torch_version": torch.__version__,
         "linear_operator_version": linear_operator.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(DEVICE),
     }
     try:
         xs, y = make_inputs(shape, dtype)
-        lengthscale = torch.full((len(shape),), LENGTHSCALE, dtype=dtype, requires_grad=True)
-        noise = torch.tensor(NOISE, dtype=dtype)
+        lengthscale = torch.full(
+            (len(shape),), LENGTHSCALE, dtype=dtype, device=DEVICE, requires_grad=True
+        )
+        noise = torch.tensor(NOISE, dtype=dtype, device=DEVICE)
 
         probe = PathProbe()
         try:
@@ -268,7 +280,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
