@@ -14,14 +14,17 @@ exact in :math:`O(\sum_i n_i^3 + m N \sum_i n_i + m^3)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.util import is_prng_key
 
 from bayeslr._validation import check_finite
 from bayeslr.linalg import kron
+from bayeslr.linalg.kron import Noise
 from bayeslr.linalg.operators import KroneckerPlusDiagOperator, StaticMask
 
 __all__ = ["KroneckerNormal"]
@@ -56,7 +59,15 @@ class KroneckerNormal(Distribution):
     pytree_aux_fields = ("observed",)
     reparametrized_params = ["loc", "factors", "noise"]
 
-    def __init__(self, factors, noise=0.0, loc=0.0, observed=None, *, validate_args=None):
+    def __init__(
+        self,
+        factors: Sequence[Array],
+        noise: Noise = 0.0,
+        loc: ArrayLike = 0.0,
+        observed: np.ndarray | None = None,
+        *,
+        validate_args: bool | None = None,
+    ):
         factors = tuple(factors)
         if isinstance(noise, list):
             noise = tuple(noise)

@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 Factors = Sequence[Inexact[Array, "m n"]]
+#: observation noise: a scalar variance, or one variance vector per grid axis (⊗ D_i)
+Noise = ArrayLike | Sequence[ArrayLike]
 
 # Full-precision contractions: on GPUs JAX defaults float32 matmuls to TF32 (~3 digits),
 # which the structured solves below cannot afford.
@@ -443,7 +445,7 @@ def _result_dtype(factors, y=None):
 
 
 def kron_solve_logdet(
-    factors: Factors, y: Inexact[Array, ...], noise: ArrayLike | Sequence[ArrayLike] = 0.0
+    factors: Factors, y: Inexact[Array, ...], noise: Noise = 0.0
 ) -> tuple[Array, Array]:
     r"""Solve and log-determinant of :math:`A = K_1 \otimes \cdots \otimes K_d + D`.
 
@@ -497,12 +499,12 @@ def _whiten_noise(factors, y, noise, dtype):
     return scaled, jnp.ones((), nz[0].dtype), y * _bcast(sgrid, y), sgrid, logdet_d
 
 
-def kron_solve(factors: Factors, y: Array, noise=0.0) -> Array:
+def kron_solve(factors: Factors, y: Array, noise: Noise = 0.0) -> Array:
     r""":math:`(\otimes_i K_i + D)^{-1} y`; see :func:`kron_solve_logdet`."""
     return kron_solve_logdet(factors, y, noise)[0]
 
 
-def kron_logdet(factors: Factors, noise=0.0) -> Array:
+def kron_logdet(factors: Factors, noise: Noise = 0.0) -> Array:
     r""":math:`\log|\otimes_i K_i + D|`; see :func:`kron_solve_logdet`."""
     factors = _as_tuple("factors", factors)
     grid = tuple(k.shape[0] for k in factors)
@@ -511,7 +513,7 @@ def kron_logdet(factors: Factors, noise=0.0) -> Array:
     return kron_solve_logdet(factors, jnp.zeros(grid, dtype), noise)[1]
 
 
-def kron_inv_quad_logdet(factors: Factors, y: Array, noise=0.0) -> tuple[Array, Array]:
+def kron_inv_quad_logdet(factors: Factors, y: Array, noise: Noise = 0.0) -> tuple[Array, Array]:
     r""":math:`(y^\top A^{-1} y, \log|A|)` for :math:`A = \otimes K_i + D`.
 
     For ``y`` with batch axes ``(*grid, *batch)`` the quadratic form has shape ``batch``.
@@ -548,7 +550,7 @@ def _missing_columns(grid: tuple[int, ...], missing_flat: np.ndarray, dtype) -> 
 
 
 def kron_masked_solve_logdet(
-    factors: Factors, y: Array, noise, observed: np.ndarray
+    factors: Factors, y: Array, noise: Noise, observed: np.ndarray
 ) -> tuple[Array, Array]:
     r"""Exact solve and logdet of :math:`A_{oo} = (\otimes K_i + D)_{oo}` on observed cells only.
 
@@ -710,7 +712,7 @@ def kron_sample(
 def kron_predict(
     factors: Factors,
     y: Array,
-    noise,
+    noise: Noise,
     cross_factors: Factors,
     test_diag: Sequence[Array] | None = None,
     *,
