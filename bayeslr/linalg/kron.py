@@ -509,8 +509,8 @@ def kron_logdet(factors: Factors, noise: Noise = 0.0) -> Array:
     factors = _as_tuple("factors", factors)
     grid = tuple(k.shape[0] for k in factors)
     dtype = _result_dtype(factors)
-    # a zero right-hand side: the solve is dead code under jit and pruned by XLA
-    return kron_solve_logdet(factors, jnp.zeros(grid, dtype), noise)[1]
+    # an empty batch of right-hand sides: the quadratic-form work has size zero
+    return kron_inv_quad_logdet(factors, jnp.zeros((*grid, 0), dtype), noise)[1]
 
 
 def kron_inv_quad_logdet(factors: Factors, y: Array, noise: Noise = 0.0) -> tuple[Array, Array]:

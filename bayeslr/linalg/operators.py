@@ -344,6 +344,8 @@ class KroneckerPlusDiagOperator(LinearOperator):
 
     def logdet(self):
         self._require_exact("logdet")
+        if self.observed is None:
+            return kron.kron_logdet(self.factors, self.noise)
         zeros = jnp.zeros((self.shape[0],), self.dtype)
         return self._solve_logdet(zeros)[1]
 
