@@ -7,7 +7,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, autoguide
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, autoguide
 
 from bayeslr.distributions import KroneckerNormal
 from bayeslr.linalg.kron import kron_dense, kron_outer
@@ -117,6 +117,8 @@ def test_usable_with_nuts_and_svi():
     s2 = mcmc.get_samples()["s2"]
     assert np.all(np.isfinite(s2)) and mcmc.get_extra_fields()["diverging"].sum() < 10
     assert 0.005 < float(np.median(s2)) < 0.5
+    draws = Predictive(_model, mcmc.get_samples())(jax.random.PRNGKey(2))["y"]
+    assert draws.shape == (150, 6, 5) and np.all(np.isfinite(draws))
     svi = SVI(_model, autoguide.AutoNormal(_model), optax.adam(0.05), Trace_ELBO())
     res = svi.run(jax.random.PRNGKey(0), 200, y, progress_bar=False)
     assert np.all(np.isfinite(res.losses)) and res.losses[-20:].mean() < res.losses[:20].mean()
@@ -149,3 +151,19 @@ def test_distribution_bad_input(rng):
         KroneckerNormal((jnp.ones((6, 5)), fs[1]), 0.1)
     with pytest.raises(ValueError, match=r"`value`.*one grid array"):
         KroneckerNormal(fs, 0.1).predict(jnp.zeros((2, 6, 5)))
+
+
+def test_vmap_over_hyperparameters_matches_loop(rng, x64):
+    y = jnp.asarray(rng.standard_normal((6, 5)))
+    observed = rng.uniform(size=(6, 5)) > 0.2
+
+    def lp(ls, s2):
+        return KroneckerNormal(_factors("float64", ls), s2, observed=observed).log_prob(y)
+
+    ls = jnp.array([[0.2, 0.3], [0.4, 0.5], [0.3, 0.3]])
+    s2 = jnp.array([0.1, 0.2, 0.3])
+    batched = jax.vmap(lp)(ls, s2)
+    looped = jnp.stack([lp(a, b) for a, b in zip(ls, s2, strict=True)])
+    np.testing.assert_allclose(batched, looped, rtol=1e-10)
+    g = jax.vmap(jax.grad(lp, argnums=(0, 1)))(ls, s2)
+    assert all(np.all(np.isfinite(a)) for a in g)
