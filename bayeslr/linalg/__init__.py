@@ -8,6 +8,10 @@ Use this layer when a covariance has structure that dense algebra throws away:
   :math:`O(\sum n_i^3 + N \sum n_i)` through per-factor eigendecompositions, with stable
   gradients; missing cells exactly (complement route) or by preconditioned CG; the
   Kronecker generalized eigenproblem for sparse Bayesian learning.
+* :mod:`bayeslr.linalg.statespace` — a Matérn-type GP on sorted, irregular times is a
+  linear-Gaussian state-space model: Kalman filter, RTS smoother and log marginal likelihood in
+  :math:`O(n d^3)`, sequential (``lax.scan``) or parallel (``lax.associative_scan``) by a static
+  ``parallel`` flag; per-time noise and missing observations.
 * :mod:`bayeslr.linalg.operators` — the operator protocol (``matvec``, ``solve``, ``logdet``,
   ``diag``, ``sqrt_matvec``/``sample``, ``to_dense``) with dense, Kronecker and
   Kronecker-plus-diagonal implementations. Models hold an operator and never branch on
@@ -18,6 +22,7 @@ Grid arrays are shaped ``(n_1, ..., n_d, *batch)``; flattening is row-major, mat
 ``jax.config.update("jax_enable_x64", True)``) where float32 loses the answer.
 """
 
+from bayeslr.linalg import statespace
 from bayeslr.linalg.kron import (
     KronEigh,
     KronGenEigh,
@@ -49,6 +54,14 @@ from bayeslr.linalg.operators import (
     LinearOperator,
     StaticMask,
 )
+from bayeslr.linalg.statespace import (
+    FilterResult,
+    PosteriorMarginals,
+    SmootherResult,
+    StateSpaceModel,
+    kalman_filter,
+    rts_smoother,
+)
 
 __all__ = [
     "KronEigh",
@@ -78,4 +91,11 @@ __all__ = [
     "KroneckerOperator",
     "KroneckerPlusDiagOperator",
     "StaticMask",
+    "statespace",
+    "StateSpaceModel",
+    "FilterResult",
+    "SmootherResult",
+    "PosteriorMarginals",
+    "kalman_filter",
+    "rts_smoother",
 ]

@@ -1,0 +1,289 @@
+"""State-space GP (Kalman filter / RTS smoother) against the dense GP, both dtypes and forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from bayeslr.gp import RBF, Matern12, Matern32, Matern52
+from bayeslr.linalg import statespace as ss
+from tests.conftest import TOL
+
+KERNELS = [Matern12, Matern32, Matern52]
+VAR, LS = 1.3, 0.8
+
+
+def _data(rng, n, *, span=None, frac_observed=0.7):
+    """Irregular sorted times (gaps from tiny to large), per-time noise, data and a mask."""
+    span = n / 10.0 if span is None else span
+    gaps = rng.exponential(1.0, n) ** 2 + 1e-3
+    t = np.cumsum(gaps)
+    t = span * (t - t[0]) / (t[-1] - t[0] + 1e-12)
+    r = rng.uniform(0.05, 0.5, n)
+    y = np.sin(t) + rng.standard_normal(n) * np.sqrt(r)
+    mask = rng.uniform(size=n) < frac_observed
+    mask[0] = mask[-1] = True
+    return t, y, r, mask
+
+
+def _dense(kernel_cls, t, y, r, mask):
+    """Dense float64 reference: log N(y_o | 0, K_oo + R_o) and posterior marginals of f."""
+    with jax.enable_x64(True):
+        k = kernel_cls(variance=VAR, lengthscale=LS)
+        K = np.asarray(k(jnp.asarray(t, jnp.float64), jnp.asarray(t, jnp.float64)))
+    o = np.asarray(mask)
+    Koo = K[np.ix_(o, o)] + np.diag(r[o])
+    c = np.linalg.cholesky(Koo)
+    alpha = np.linalg.solve(c.T, np.linalg.solve(c, y[o]))
+    ll = -0.5 * y[o] @ alpha - np.log(np.diag(c)).sum() - 0.5 * o.sum() * np.log(2 * np.pi)
+    Kxo = K[:, o]
+    mean = Kxo @ alpha
+    v = np.linalg.solve(c, Kxo.T)
+    var = np.diag(K) - np.sum(v * v, axis=0)
+    return ll, mean, var
+
+
+def _fit_impl(kernel, t, y, r, mask, parallel):
+    model = ss.from_kernel(kernel, t)
+    fr = ss.kalman_filter(model, y, r, mask=mask, parallel=parallel)
+    return fr, ss.rts_smoother(model, fr, parallel=parallel)
+
+
+_fit = jax.jit(_fit_impl, static_argnames="parallel")
+
+
+# ------------------------------------------------------------------ against the dense GP
+
+
+# Every kernel in both forms in float64 (n = 500); in float32 (n = 100) every kernel
+# sequentially and the 3-state Matérn 5/2 in parallel (each parallel compile costs seconds).
+DENSE_CASES = [(k, p, "float64") for k in KERNELS for p in (False, True)] + [
+    (Matern12, False, "float32"),
+    (Matern32, False, "float32"),
+    (Matern52, False, "float32"),
+    (Matern52, True, "float32"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kernel_cls", "parallel", "dtype"),
+    DENSE_CASES,
+    ids=[f"{d}-{k.__name__}-{'par' if p else 'seq'}" for k, p, d in DENSE_CASES],
+)
+def test_matches_dense_gp(kernel_cls, parallel, dtype, rng):
+    """Log-likelihood and smoothed f-marginals equal the dense GP, with and without a mask."""
+    with jax.enable_x64(dtype == "float64"):
+        _check_dense(kernel_cls, parallel, dtype, rng)
+
+
+def _check_dense(kernel_cls, parallel, dtype, rng):
+    n = 500 if dtype == "float64" else 100
+    t, y, r, mask = _data(rng, n)
+    kernel = kernel_cls(variance=VAR, lengthscale=LS)
+    args = [jnp.asarray(a, dtype) for a in (t, y, r)]
+    if dtype == "float64":
+        rtol_ll, rtol_m, atol_m = 1e-8, 1e-7, 1e-8
+    else:
+        rtol_ll, rtol_m, atol_m = 2e-3, 2e-3, 2e-3
+    for m in (np.ones(n, bool), mask):
+        fr, sr = _fit(kernel, *args, jnp.asarray(m), parallel)
+        assert fr.log_likelihood.dtype == jnp.dtype(dtype)
+        ll_ref, mean_ref, var_ref = _dense(kernel_cls, t, y, r, m)
+        np.testing.assert_allclose(float(fr.log_likelihood), ll_ref, rtol=rtol_ll)
+        np.testing.assert_allclose(sr.means[:, 0], mean_ref, rtol=rtol_m, atol=atol_m)
+        np.testing.assert_allclose(sr.covs[:, 0, 0], var_ref, rtol=rtol_m, atol=atol_m)
+        if parallel and dtype == "float64":
+            # State moments (all components, not only f) agree with the sequential form.
+            fs, ss_ = _fit(kernel, *args, jnp.asarray(m), False)
+            for a, b in [(fs.means, fr.means), (fs.covs, fr.covs)]:
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+            for a, b in [(ss_.means, sr.means), (ss_.covs, sr.covs)]:
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+        # Smoothed covariances are symmetric PSD; the last smoothed state is the filtered one.
+        covs = np.asarray(sr.covs, np.float64)
+        np.testing.assert_array_equal(covs, np.swapaxes(covs, -1, -2))
+        assert np.all(np.linalg.eigvalsh(covs) > -TOL[dtype]["atol"])
+        np.testing.assert_allclose(sr.means[-1], fr.means[-1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_single_time_and_scalar_noise(x64, parallel):
+    """n = 1 is N(y | 0, σ² + r); a scalar noise equals the same per-time vector."""
+    kernel = Matern32(variance=VAR, lengthscale=LS)
+    ll = ss.log_marginal_likelihood(kernel, [0.3], [0.7], 0.2, parallel=parallel)
+    ref = -0.5 * (np.log(2 * np.pi * (VAR + 0.2)) + 0.49 / (VAR + 0.2))
+    np.testing.assert_allclose(ll, ref, rtol=1e-12)
+    pm = ss.posterior_marginals(kernel, [0.3], [0.7], 0.2, parallel=parallel)
+    np.testing.assert_allclose(pm.mean, [VAR / (VAR + 0.2) * 0.7], rtol=1e-12)
+    np.testing.assert_allclose(pm.variance, [VAR * 0.2 / (VAR + 0.2)], rtol=1e-12)
+    t = np.array([0.0, 0.5, 2.0])
+    y = np.array([0.1, -0.4, 0.3])
+    a = ss.log_marginal_likelihood(kernel, t, y, 0.3, parallel=parallel)
+    b = ss.log_marginal_likelihood(kernel, t, y, np.full(3, 0.3), parallel=parallel)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_missing_values_are_ignored(x64, rng):
+    """Masked entries may hold NaN; they change neither the likelihood nor the posterior."""
+    t, y, r, mask = _data(rng, 40)
+    kernel = Matern12(variance=VAR, lengthscale=LS)
+    y_nan = np.where(mask, y, np.nan)
+    a = ss.log_marginal_likelihood(kernel, t, y_nan, r, mask=mask)
+    b = ss.log_marginal_likelihood(kernel, t[mask], y[mask], r[mask])
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+    pm = ss.posterior_marginals(kernel, t, y_nan, r, mask=mask)
+    assert np.all(np.isfinite(pm.mean)) and np.all(np.isfinite(pm.variance))
+
+
+# ------------------------------------------------------------------ discretization
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS, ids=lambda c: c.__name__)
+def test_discretize_reproduces_kernel(kernel_cls, x64):
+    """H A(Δ) P∞ Hᵀ = k(Δ), A(0) = I, Q(0) = 0, Q(Δ) PSD and → P∞ for large Δ."""
+    kernel = kernel_cls(variance=VAR, lengthscale=LS)
+    sde = kernel.sde()
+    dt = jnp.array([0.0, 1e-3, 0.1, 0.7, 3.0, 50.0])
+    A, Q = ss.discretize(sde, dt)
+    H, P = np.asarray(sde.H), np.asarray(sde.Pinf)
+    cov = np.einsum("ij,njk,kl,ml->n", H, A, P, H)
+    np.testing.assert_allclose(cov, kernel.dk(dt), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(A[0], np.eye(P.shape[0]), atol=1e-14)
+    np.testing.assert_allclose(Q[0], 0.0, atol=1e-14)
+    np.testing.assert_allclose(Q[-1], P, rtol=1e-8, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh(np.asarray(Q)) > -1e-12)
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def _lml_fn(kernel_cls, t, y, mask, parallel):
+    def f(variance, lengthscale, noise):
+        k = kernel_cls(variance=variance, lengthscale=lengthscale)
+        return ss.log_marginal_likelihood(k, t, y, noise, mask=mask, parallel=parallel)
+
+    return f
+
+
+def _dense_lml(kernel_cls, t, y, mask):
+    o = np.asarray(mask)
+
+    def f(variance, lengthscale, noise):
+        k = kernel_cls(variance=variance, lengthscale=lengthscale)
+        K = k(t[o], t[o]) + jnp.diag(noise[o])
+        return jax.scipy.stats.multivariate_normal.logpdf(y[o], jnp.zeros(o.sum()), K)
+
+    return f
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_gradients_match_dense(x64, rng, parallel):
+    t, y, r, mask = _data(rng, 25)
+    args = (jnp.asarray(VAR), jnp.asarray(LS), jnp.asarray(r))
+    kf = _lml_fn(Matern32, t, y, mask, parallel)
+    g = jax.jit(jax.grad(kf, argnums=(0, 1, 2)))(*args)
+    g_ref = jax.grad(_dense_lml(Matern32, t, y, mask), argnums=(0, 1, 2))(*args)
+    for a, b in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+    # Masked-out noise entries get zero gradient.
+    np.testing.assert_array_equal(np.asarray(g[2])[~mask], 0.0)
+
+
+@pytest.mark.parametrize("kernel_cls", [Matern12, Matern52], ids=lambda c: c.__name__)
+def test_check_grads(kernel_cls, x64, rng):
+    t, y, r, mask = _data(rng, 12)
+    f = jax.jit(_lml_fn(kernel_cls, t, y, mask, False))
+    check_grads(f, (VAR, LS, jnp.asarray(r)), order=1, modes=["fwd", "rev"])
+
+
+# ------------------------------------------------------------------ jit and vmap
+
+
+def _series_impl(lengthscale, t, y, r, m, parallel):
+    k = Matern52(variance=VAR, lengthscale=lengthscale)
+    fr, sr = _fit_impl(k, t, y, r, m, parallel)
+    return fr.log_likelihood, sr.means[:, 0], sr.covs[:, 0, 0]
+
+
+_series = jax.jit(_series_impl, static_argnames="parallel")
+_series_batch = jax.jit(jax.vmap(_series_impl, in_axes=(0, 0, 0, 0, 0, None)), static_argnums=5)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_vmap_over_series(x64, rng, parallel):
+    """A batch of series (own times, data, noise, masks, lengthscales) equals a loop."""
+    b, n = 3, 30
+    data = [_data(rng, n) for _ in range(b)]
+    T, Y, R, M = (np.stack(z) for z in zip(*data, strict=True))
+    ls = np.array([0.5, 1.0, 2.0])
+    batched = _series_batch(ls, T, Y, R, M, parallel)
+    for i in range(b):
+        single = _series(ls[i], T[i], Y[i], R[i], M[i], parallel=False)
+        for a, c in zip(batched, single, strict=True):
+            np.testing.assert_allclose(a[i], c, rtol=1e-8, atol=1e-10)
+
+
+def test_float32_stays_float32(rng):
+    t, y, r, _ = _data(rng, 20)
+    with jax.enable_x64(False):
+        k = Matern32(variance=VAR, lengthscale=LS)
+        pm = ss.posterior_marginals(k, t, y, r)
+        assert pm.mean.dtype == jnp.float32 and pm.variance.dtype == jnp.float32
+        assert np.all(np.asarray(pm.variance) > 0)
+
+
+# ------------------------------------------------------------------ bad input at the door
+
+
+def test_bad_input_raises():
+    k = Matern32(variance=VAR, lengthscale=LS)
+    t = np.array([0.0, 1.0, 2.5, 3.0])
+    y = np.array([0.1, 0.2, -0.3, 0.4])
+    lml = ss.log_marginal_likelihood
+    with pytest.raises(ValueError, match=r"`times` must be strictly increasing.*not sorted"):
+        lml(k, t[[0, 2, 1, 3]], y, 0.1)
+    with pytest.raises(ValueError, match=r"`times`.*duplicated value 2\.5"):
+        lml(k, np.array([0.0, 1.0, 2.5, 2.5]), y, 0.1)
+    with pytest.raises(ValueError, match=r"`times` must be finite"):
+        lml(k, np.array([0.0, np.nan, 2.5, 3.0]), y, 0.1)
+    with pytest.raises(ValueError, match=r"`times` must be 1-D"):
+        lml(k, t[None], y, 0.1)
+    with pytest.raises(ValueError, match=r"`y` must be finite"):
+        lml(k, t, np.array([0.1, np.inf, 0.0, 0.0]), 0.1)
+    with pytest.raises(ValueError, match=r"`y \(observed entries\)` must be finite"):
+        lml(k, t, np.array([0.1, np.nan, 0.0, 0.0]), 0.1, mask=np.array([1, 1, 0, 1], bool))
+    with pytest.raises(ValueError, match=r"`y` must have one value per time, shape \(4,\)"):
+        lml(k, t, y[:3], 0.1)
+    with pytest.raises(ValueError, match=r"`noise` must be strictly positive"):
+        lml(k, t, y, np.array([0.1, 0.0, 0.1, 0.1]))
+    with pytest.raises(ValueError, match=r"`noise` must be strictly positive"):
+        lml(k, t, y, -1.0)
+    with pytest.raises(ValueError, match=r"`noise` must be a scalar or have shape \(4,\)"):
+        lml(k, t, y, np.full(3, 0.1))
+    with pytest.raises(ValueError, match=r"`mask` must be a boolean"):
+        lml(k, t, y, 0.1, mask=np.ones(4))
+    with pytest.raises(ValueError, match=r"`mask` must have shape \(4,\)"):
+        lml(k, t, y, 0.1, mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match=r"`parallel` must be a Python bool"):
+        lml(k, t, y, 0.1, parallel=jnp.array(True))
+    with pytest.raises(ValueError, match=r"no exact|SDE|sde"):
+        lml(RBF(variance=1.0, lengthscale=1.0), t, y, 0.1)
+
+
+def test_duplicates_after_float32_rounding_raise():
+    """Distinct float64 times that round to one float32 value are duplicates, never NaN."""
+    t = np.array([0.0, 1.0, 1.0 + 1e-9, 2.0])
+    with jax.enable_x64(False):
+        k = Matern12(variance=VAR, lengthscale=LS)
+        with pytest.raises(ValueError, match=r"`times`.*duplicated"):
+            ss.log_marginal_likelihood(k, t, np.zeros(4), 0.1)
+
+
+def test_traced_times_skip_value_checks_but_keep_shapes(x64):
+    """Under jit only static checks run (shape mismatch still raises at trace time)."""
+    k = Matern12(variance=VAR, lengthscale=LS)
+    f = jax.jit(lambda t, y: ss.log_marginal_likelihood(k, t, y, 0.1))
+    assert np.isfinite(f(jnp.arange(4.0), jnp.zeros(4)))
+    with pytest.raises(ValueError, match=r"`y` must have one value per time"):
+        f(jnp.arange(4.0), jnp.zeros(5))
