@@ -6,14 +6,14 @@ way through inference. Subpackages, lowest layer first:
 * :mod:`bayeslr.linalg` — structured linear algebra (Kronecker products, operators); no NumPyro.
 * :mod:`bayeslr.gp` — stationary kernels with derivatives, spectra, SDE forms; product kernels.
 * :mod:`bayeslr.distributions` — NumPyro distributions that keep the structure
-  (:class:`~bayeslr.distributions.KroneckerNormal`).
+  (:class:`~bayeslr.distributions.KroneckerNormal`, :class:`~bayeslr.distributions.GaussMarkovGP`).
 * :mod:`bayeslr.datasets` — real data that ship offline, and synthetic generators.
 
 Importing bayeslr computes and compiles nothing.
 """
 
 from bayeslr import datasets, distributions, gp, linalg
-from bayeslr.distributions import KroneckerNormal
+from bayeslr.distributions import GaussMarkovGP, KroneckerNormal
 from bayeslr.gp import (
     RBF,
     Matern12,
@@ -33,6 +33,7 @@ __all__ = [
     "distributions",
     "datasets",
     "KroneckerNormal",
+    "GaussMarkovGP",
     "Matern12",
     "Matern32",
     "Matern52",

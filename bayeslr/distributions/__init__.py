@@ -5,8 +5,13 @@
   ``log_prob`` in :math:`O(\\sum n_i^3 + N \\sum n_i)` instead of :math:`O(N^3)`. Use it as the
   likelihood of grid data (images, spatio-temporal fields, PDE collocation grids) or as a
   structured prior. ``predict`` gives the posterior of the noise-free field.
+* :class:`GaussMarkovGP` — a Matérn-type GP over sorted, irregular times whose ``log_prob`` runs
+  the Kalman filter in :math:`O(n)`; ``sample`` simulates the SDE; ``predict`` gives the
+  posterior of :math:`f` at any times. Use it for long time series and as the per-mode prior of
+  continuous-indexed tensor models.
 """
 
+from bayeslr.distributions.gauss_markov import GaussMarkovGP
 from bayeslr.distributions.kronecker import KroneckerNormal
 
-__all__ = ["KroneckerNormal"]
+__all__ = ["KroneckerNormal", "GaussMarkovGP"]

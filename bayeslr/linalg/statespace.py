@@ -121,6 +121,9 @@ __all__ = [
     "rts_smoother",
     "log_marginal_likelihood",
     "posterior_marginals",
+    "sample_prior",
+    "sample_posterior",
+    "predict",
 ]
 
 # Full-precision contractions: on GPUs JAX defaults float32 matmuls to TF32 (~3 digits).
@@ -261,7 +264,7 @@ def _prepare_data(n: int, y: Any, noise: Any, mask: Any, dtype: Any) -> tuple[Ar
 
 
 def discretize(
-    sde: Any, dt: Float[ArrayLike, " m"]
+    sde: Any, dt: Float[ArrayLike, " m"], *, rate: Any = None
 ) -> tuple[Float[Array, "m d d"], Float[Array, "m d d"]]:
     r"""Exact discretization of an LTI SDE over gaps :math:`\Delta_k`.
 
@@ -270,13 +273,29 @@ def discretize(
     (symmetrized), exact for any :math:`\Delta_k \ge 0` when :math:`P_\infty` is the stationary
     covariance of the SDE.
 
+    **Closed form for Matérn kernels.** For Matérn :math:`\nu = p + \tfrac12` the companion
+    matrix has characteristic polynomial :math:`(s + \lambda)^d`, so :math:`N = F + \lambda I`
+    is nilpotent and exactly
+
+    .. math:: e^{F\Delta} = e^{-\lambda\Delta} \sum_{j<d} \frac{(N\Delta)^j}{j!}.
+
+    Pass ``rate`` :math:`=\lambda` to use it (:func:`from_kernel` does so for kernels with a
+    ``rate``, i.e. the Matérn family): a few multiply-adds per gap instead of a Padé ``expm``,
+    and about 4x faster value and gradient of a log-likelihood. Without ``rate``, ``expm`` is
+    used (e.g. the Student-t mixture's quasi-periodic SDE).
+
     Args:
         sde: An :class:`~bayeslr.gp.SDE` (fields ``F`` and ``Pinf`` are used), e.g.
             ``kernel.sde()``.
         dt: Gaps :math:`\Delta_k \ge 0`, shape ``(m,)``.
+        rate: Optional :math:`\lambda` such that :math:`F + \lambda I` is nilpotent.
 
     Returns:
-        ``(A, Q)``, each of shape ``(m, d, d)``. Cost :math:`O(m d^3)` (``expm`` per gap).
+        ``(A, Q)``, each of shape ``(m, d, d)``. Cost :math:`O(m d^3)`.
+
+    Raises:
+        ValueError: ``dt`` not 1-D or negative; ``rate`` given (concrete) but
+            :math:`F + \lambda I` is not nilpotent.
     """
     dt = jnp.asarray(dt)
     check_ndim("dt", dt, 1)
@@ -284,17 +303,44 @@ def discretize(
     F, Pinf = jnp.asarray(sde.F), jnp.asarray(sde.Pinf)
     dtype = jnp.result_type(F, Pinf, dt)
     F, Pinf, dt = F.astype(dtype), Pinf.astype(dtype), dt.astype(dtype)
-    A = jax.vmap(lambda h: jax.scipy.linalg.expm(F * h))(dt)
+    if rate is None:
+        A = jax.vmap(lambda h: jax.scipy.linalg.expm(F * h))(dt)
+    else:
+        A = _nilpotent_expm(F, jnp.asarray(rate, dtype), dt)
     Q = _sym(Pinf - _mm(_mm(A, Pinf), jnp.swapaxes(A, -1, -2)))
     return A, Q
 
 
-def from_sde(sde: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
+def _nilpotent_expm(F: Array, rate: Array, dt: Array) -> Array:
+    """:math:`e^{F\\Delta}` for every gap when :math:`N = F + \\lambda I` is nilpotent."""
+    d = F.shape[-1]
+    N = F + rate * jnp.eye(d, dtype=F.dtype)
+    if is_concrete((N,)):
+        nd = np.linalg.matrix_power(np.asarray(N, np.float64), d)
+        scale = max(float(np.max(np.abs(np.asarray(F, np.float64)))), 1e-30) ** d
+        if float(np.max(np.abs(nd))) > 1e-6 * scale:
+            raise ValueError(
+                f"`rate` must make F + rate*I nilpotent (a Matérn SDE); got rate={float(rate):g} "
+                f"with max |(F + rate I)^{d}| = {float(np.max(np.abs(nd))):.3g}."
+            )
+    powers = [jnp.eye(d, dtype=F.dtype)]
+    for _ in range(1, d):
+        powers.append(_mm(powers[-1], N))
+    fact = 1.0
+    series = jnp.zeros((dt.shape[0], d, d), F.dtype)
+    for j, pj in enumerate(powers):
+        fact = fact * max(j, 1)
+        series = series + (dt**j / fact)[:, None, None] * pj
+    return jnp.exp(-rate * dt)[:, None, None] * series
+
+
+def from_sde(sde: Any, times: Float[ArrayLike, " n"], *, rate: Any = None) -> StateSpaceModel:
     r"""Build the :class:`StateSpaceModel` of an LTI SDE observed at sorted ``times``.
 
     Args:
         sde: An :class:`~bayeslr.gp.SDE` with ``H`` of shape ``(1, d)``.
         times: Strictly increasing times :math:`t_1 < \dots < t_n`, shape ``(n,)``.
+        rate: Optional Matérn rate for the closed-form transition (see :func:`discretize`).
 
     Returns:
         The model with :math:`A_1 = 0, Q_1 = P_\infty` and :func:`discretize` for the gaps.
@@ -311,7 +357,7 @@ def from_sde(sde: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
         raise ValueError(
             f"`sde.H` must have shape (1, {d}) (scalar observations only); got {H.shape}."
         )
-    A, Q = discretize(sde, jnp.diff(t))
+    A, Q = discretize(sde, jnp.diff(t), rate=rate)
     dtype = A.dtype
     Pinf = _sym(jnp.asarray(sde.Pinf).astype(dtype))
     A = jnp.concatenate([jnp.zeros((1, d, d), dtype), A], axis=0)
@@ -322,7 +368,8 @@ def from_sde(sde: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
 def from_kernel(kernel: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
     r"""Build the :class:`StateSpaceModel` of a stationary kernel with an exact SDE.
 
-    Equivalent to ``from_sde(kernel.sde(), times)``; see :func:`from_sde`.
+    Equivalent to ``from_sde(kernel.sde(), times, rate=kernel.rate)`` for the Matérn family
+    (closed-form transitions) and ``from_sde(kernel.sde(), times)`` otherwise.
 
     Args:
         kernel: A kernel with ``sde()`` (Matérn 1/2, 3/2, 5/2, Student-t mixture). RBF and
@@ -334,7 +381,8 @@ def from_kernel(kernel: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
             f"`kernel` must have an exact state-space form (a `sde()` method); got "
             f"{type(kernel).__name__}."
         )
-    return from_sde(kernel.sde(), times)
+    # Matérn kernels expose their rate λ (F + λI nilpotent): closed-form transitions
+    return from_sde(kernel.sde(), times, rate=getattr(kernel, "rate", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,3 +662,241 @@ def posterior_marginals(
     mean = jnp.einsum("i,ni->n", h, sr.means, precision=_HI)
     var = jnp.einsum("i,nij,j->n", h, sr.covs, h, precision=_HI)
     return PosteriorMarginals(mean=mean, variance=var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: prior simulation and forward filtering, backward sampling (FFBS)
+# ---------------------------------------------------------------------------------------------
+
+
+def _psd_sqrt(P: Array) -> Array:
+    r"""Symmetric square root :math:`V \operatorname{diag}(\sqrt{\max(\lambda, 0)}) V^\top`.
+
+    Exact for singular PSD matrices (e.g. :math:`Q_k \to 0` over tiny gaps, where a Cholesky
+    factor would be NaN); negative round-off eigenvalues are clipped to zero.
+    """
+    lam, V = jnp.linalg.eigh(_sym(P))
+    return _mm(V * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :], jnp.swapaxes(V, -1, -2))
+
+
+def _check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in sample_shape)
+    except TypeError:
+        raise ValueError(
+            f"`sample_shape` must be a tuple of non-negative ints; got {sample_shape!r}."
+        ) from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"`sample_shape` must hold non-negative ints; got {shape}.")
+    return shape
+
+
+def sample_prior(
+    key: Array, model: StateSpaceModel, sample_shape: tuple[int, ...] = ()
+) -> Float[Array, "*sample n"]:
+    r"""Draw :math:`f = (H x_1, \dots, H x_n)` from the Gauss–Markov prior by forward simulation.
+
+    .. math::
+        x_k = A_k x_{k-1} + Q_k^{1/2} \varepsilon_k, \quad \varepsilon_k \sim N(0, I), \quad
+        x_0 = 0,\ A_1 = 0,\ Q_1 = P_\infty,
+
+    so :math:`f \sim N(0, K)` with :math:`K_{ij} = k(t_i - t_j)`. :math:`Q_k^{1/2}` is the
+    symmetric (eigendecomposition) square root, exact also for the singular :math:`Q_k` of
+    tiny gaps.
+
+    Args:
+        key: A JAX PRNG key.
+        model: :class:`StateSpaceModel` over :math:`n` times (:func:`from_kernel`).
+        sample_shape: Static leading shape of independent draws.
+
+    Returns:
+        Samples of :math:`f`, shape ``(*sample_shape, n)``. Cost :math:`O(S n d^2 + n d^3)`
+        time (:math:`S` draws), :math:`O(S n d)` memory; sequential ``lax.scan`` over time,
+        vectorized over draws.
+    """
+    shape = _check_sample_shape(sample_shape)
+    A, Q = model.transitions, model.process_covs
+    n, d = A.shape[0], A.shape[-1]
+    s = int(np.prod(shape, dtype=np.int64))
+    roots = jax.vmap(_psd_sqrt)(Q)  # (n, d, d)
+    eps = jax.random.normal(key, (n, s, d), dtype=Q.dtype)
+    noise = jnp.einsum("nij,nsj->nsi", roots, eps, precision=_HI)
+
+    def step(x, inputs):
+        Ak, qk = inputs
+        x_new = jnp.matmul(x, Ak.T, precision=_HI) + qk
+        return x_new, x_new
+
+    _, xs = jax.lax.scan(step, jnp.zeros((s, d), Q.dtype), (A, noise))  # (n, s, d)
+    f = jnp.einsum("i,nsi->sn", model.H[0], xs, precision=_HI)
+    return f.reshape(shape + (n,))
+
+
+def _affine_combine(later, earlier):
+    """Backward affine recursion x_k = E_k x_{k+1} + c_k: compose two steps (reverse scan)."""
+    Ej, cj = later
+    Ei, ci = earlier
+    return _mm(Ei, Ej), jnp.matmul(cj, jnp.swapaxes(Ei, -1, -2), precision=_HI) + ci
+
+
+def sample_posterior(
+    key: Array,
+    model: StateSpaceModel,
+    y: Float[ArrayLike, " n"],
+    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"],
+    *,
+    mask: Bool[ArrayLike, " n"] | None = None,
+    sample_shape: tuple[int, ...] = (),
+    parallel: bool = False,
+) -> Float[Array, "*sample n"]:
+    r"""Draw :math:`f \sim p(f \mid y)` by forward filtering, backward sampling (FFBS).
+
+    After the Kalman filter (:math:`m_k, P_k`), :math:`x_n \sim N(m_n, P_n)` and backwards
+
+    .. math::
+        x_k \mid x_{k+1}, y_{1:k} \sim N\big(m_k + G_k(x_{k+1} - A_{k+1} m_k),\;
+        P_k - G_k A_{k+1} P_k\big), \qquad G_k = P_k A_{k+1}^\top (P^-_{k+1})^{-1},
+
+    i.e. :math:`x_k = E_k x_{k+1} + g_k + L_k^{1/2}\varepsilon_k` with the smoothing elements
+    :math:`(E_k, g_k, L_k)` of the module docstring (:math:`L_k` in Joseph form, symmetric
+    square root). Returns :math:`f_k = H x_k` (Carter & Kohn 1994; Frühwirth-Schnatter 1994).
+
+    Args:
+        key: A JAX PRNG key.
+        model: :class:`StateSpaceModel` over :math:`n` times.
+        y: Observations, shape ``(n,)``; anything (NaN included) where ``mask`` is false.
+        noise: Noise variances :math:`r_k > 0`, scalar or ``(n,)``.
+        mask: Optional boolean ``(n,)``, true where observed.
+        sample_shape: Static leading shape of independent draws.
+        parallel: Static. ``False``: sequential filter and backward ``lax.scan``. ``True``:
+            parallel filter (:func:`kalman_filter`) and the backward affine recursion
+            :math:`x_k = E_k x_{k+1} + c_k` by ``lax.associative_scan`` with
+            :math:`(E_i, c_i) \otimes (E_j, c_j) = (E_i E_j,\ E_i c_j + c_i)`
+            (:math:`O(\log n)` depth).
+
+    Returns:
+        Samples of :math:`f`, shape ``(*sample_shape, n)``. Cost :math:`O(n d^3 + S n d^2)`
+        time, :math:`O(n d^2 + S n d)` memory.
+
+    Raises:
+        ValueError: as :func:`kalman_filter`; a bad ``sample_shape``.
+    """
+    shape = _check_sample_shape(sample_shape)
+    fr = kalman_filter(model, y, noise, mask=mask, parallel=parallel)
+    ms, Ps = fr.means, fr.covs
+    n, d = ms.shape
+    dtype = Ps.dtype
+    E, g, L = jax.vmap(_smoother_element)(
+        model.transitions[1:], model.process_covs[1:], ms[:-1], Ps[:-1]
+    )
+    E = jnp.concatenate([E, jnp.zeros((1, d, d), dtype)], axis=0)
+    g = jnp.concatenate([g, ms[-1:]], axis=0)
+    L = jnp.concatenate([L, Ps[-1:]], axis=0)
+    s = int(np.prod(shape, dtype=np.int64))
+    eps = jax.random.normal(key, (n, s, d), dtype=dtype)
+    c = g[:, None, :] + jnp.einsum("nij,nsj->nsi", jax.vmap(_psd_sqrt)(L), eps, precision=_HI)
+    if parallel:
+        _, xs = jax.lax.associative_scan(jax.vmap(_affine_combine), (E, c), reverse=True)
+    else:
+
+        def step(x_next, inputs):
+            Ek, ck = inputs
+            x = jnp.matmul(x_next, Ek.T, precision=_HI) + ck
+            return x, x
+
+        _, xs = jax.lax.scan(step, jnp.zeros((s, d), dtype), (E, c), reverse=True)
+    f = jnp.einsum("i,nsi->sn", model.H[0], xs, precision=_HI)
+    return f.reshape(shape + (n,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction at new times
+# ---------------------------------------------------------------------------------------------
+
+
+def predict(
+    kernel: Any,
+    times: Float[ArrayLike, " n"],
+    y: Float[ArrayLike, " n"],
+    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"],
+    new_times: Float[ArrayLike, " m"],
+    *,
+    mask: Bool[ArrayLike, " n"] | None = None,
+    parallel: bool = False,
+) -> PosteriorMarginals:
+    r"""Posterior mean and variance of the latent :math:`f(t_*)` at new times, in :math:`O(N)`.
+
+    .. math::
+        E[f_* \mid y] = K_{*o}(K_{oo} + R)^{-1} y_o, \qquad
+        \operatorname{var}[f_* \mid y] = k(0) - \operatorname{diag}(K_{*o}(K_{oo} + R)^{-1}
+        K_{o*}),
+
+    computed without the dense matrices: the new times are merged into the sorted data grid as
+    missing observations (a new time equal to a data time, in the working dtype, reuses that
+    grid point, so no duplicate is created), the Kalman filter and RTS smoother run over the
+    :math:`N \le n + m` merged times, and :math:`H m^s, H P^s H^\top` are read off at the new
+    times. New times may lie before the first or after the last data time, be unsorted or
+    repeated; results follow their order. Variances are clipped at zero against round-off.
+
+    Args:
+        kernel: Kernel with an exact SDE (Matérn 1/2, 3/2, 5/2, Student-t mixture).
+        times: Strictly increasing data times, shape ``(n,)``. Must be concrete (not traced):
+            the merge is done on the host, and fixes the shapes.
+        y: Observations, shape ``(n,)``; may be traced.
+        noise: Noise variances :math:`r_k > 0`, scalar or ``(n,)``; may be traced.
+        new_times: Prediction times :math:`t_*`, shape ``(m,)``, finite; must be concrete.
+        mask: Optional boolean ``(n,)``, true where ``y`` is observed.
+        parallel: Static; see :func:`kalman_filter` and :func:`rts_smoother`.
+
+    Returns:
+        :class:`PosteriorMarginals` with ``mean`` and ``variance`` of shape ``(m,)``. Cost
+        :math:`O((n + m) d^3 + m \log m)` time, :math:`O((n + m) d^2)` memory.
+
+    Raises:
+        ValueError: traced ``times``/``new_times``; ``new_times`` not 1-D, empty or not
+            finite; and every check of :func:`kalman_filter`.
+    """
+    if not isinstance(parallel, bool):
+        raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
+    if not (is_concrete(times) and is_concrete(new_times)):
+        raise ValueError(
+            "`times` and `new_times` must be concrete arrays (not traced under jit/vmap): the "
+            "merged time grid is built on the host. Close over them instead of passing them "
+            "as traced arguments; `y`, `noise` and the kernel may be traced."
+        )
+    if not hasattr(kernel, "sde"):
+        raise ValueError(
+            f"`kernel` must have an exact state-space form (a `sde()` method); got "
+            f"{type(kernel).__name__}."
+        )
+    t = _check_times(times)
+    n = t.shape[0]
+    dtype = np.dtype(t.dtype)
+    new = np.asarray(new_times)
+    check_ndim("new_times", new, 1)
+    if new.shape[0] < 1:
+        raise ValueError("`new_times` must hold at least one time; got shape (0,).")
+    check_finite("new_times", new)
+    t_np = np.asarray(times).astype(dtype)
+    new_np = new.astype(dtype)
+    grid = np.union1d(t_np, new_np)  # sorted, unique in the working dtype
+    idx_data = np.searchsorted(grid, t_np)
+    idx_new = np.searchsorted(grid, new_np)
+    model = from_kernel(kernel, grid)
+    y_arr, r, w = _prepare_data(n, y, noise, mask, model.process_covs.dtype)
+    N = grid.shape[0]
+    wdt = model.process_covs.dtype
+    y_full = jnp.zeros((N,), wdt).at[idx_data].set(y_arr)
+    r_full = jnp.ones((N,), wdt).at[idx_data].set(r)
+    w_full = jnp.zeros((N,), wdt).at[idx_data].set(w)
+    if parallel:
+        fr = _filter_parallel(model, y_full, r_full, w_full)
+        sr = _smoother_parallel(model, fr)
+    else:
+        fr = _filter_sequential(model, y_full, r_full, w_full)
+        sr = _smoother_sequential(model, fr)
+    h = model.H[0]
+    idx = jnp.asarray(idx_new)
+    mean = jnp.einsum("i,mi->m", h, sr.means[idx], precision=_HI)
+    var = jnp.einsum("i,mij,j->m", h, sr.covs[idx], h, precision=_HI)
+    return PosteriorMarginals(mean=mean, variance=jnp.maximum(var, 0.0))

@@ -287,3 +287,194 @@ def test_traced_times_skip_value_checks_but_keep_shapes(x64):
     assert np.isfinite(f(jnp.arange(4.0), jnp.zeros(4)))
     with pytest.raises(ValueError, match=r"`y` must have one value per time"):
         f(jnp.arange(4.0), jnp.zeros(5))
+
+
+# ------------------------------------------------------------------ sampling (prior, FFBS)
+
+
+def _gram(kernel_cls, t):
+    with jax.enable_x64(True):
+        k = kernel_cls(variance=VAR, lengthscale=LS)
+        tt = jnp.asarray(t, jnp.float64)
+        return np.asarray(k(tt, tt))
+
+
+def _dense_posterior(K, y, r, mask, K_new=None, k_new_diag=None):
+    """Dense posterior of f at the data times (full covariance), or marginals at new times."""
+    o = np.asarray(mask)
+    Koo = K[np.ix_(o, o)] + np.diag(np.broadcast_to(r, (len(o),))[o])
+    if K_new is None:
+        Kxo = K[:, o]
+        mean = Kxo @ np.linalg.solve(Koo, y[o])
+        cov = K - Kxo @ np.linalg.solve(Koo, Kxo.T)
+        return mean, cov
+    Kxo = K_new[:, o]
+    mean = Kxo @ np.linalg.solve(Koo, y[o])
+    var = k_new_diag - np.sum(Kxo * np.linalg.solve(Koo, Kxo.T).T, axis=1)
+    return mean, var
+
+
+def _assert_moments(samples, mean, cov, z=5.0):
+    """Empirical mean and covariance within ``z`` standard errors of the reference."""
+    s = np.asarray(samples, np.float64)
+    S = s.shape[0]
+    var = np.diag(cov)
+    se_mean = np.sqrt(np.maximum(var, 0) / S)
+    assert np.all(np.abs(s.mean(0) - mean) <= z * se_mean + 1e-12), np.max(
+        np.abs(s.mean(0) - mean) / (se_mean + 1e-300)
+    )
+    c = s - mean  # centred at the true mean: cov estimator has variance (Σii Σjj + Σij²)/S
+    emp = c.T @ c / S
+    se_cov = np.sqrt((np.outer(var, var) + cov**2) / S)
+    ratio = np.abs(emp - cov) / (se_cov + 1e-300)
+    assert np.all(np.abs(emp - cov) <= z * se_cov + 1e-12), ratio.max()
+
+
+def test_sample_prior_moments(x64, rng):
+    """Forward simulation has mean 0 and covariance K (the kernel Gram), to 5 standard errors."""
+    t, _, _, _ = _data(rng, 12, span=3.0)
+    model = ss.from_kernel(Matern52(variance=VAR, lengthscale=LS), t)
+    f = jax.jit(ss.sample_prior, static_argnums=2)(jax.random.key(0), model, (20000,))
+    assert f.shape == (20000, 12) and f.dtype == jnp.float64
+    _assert_moments(f, np.zeros(12), _gram(Matern52, t))
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_sample_posterior_moments(x64, rng, parallel):
+    """FFBS draws match the dense posterior mean and full covariance (masked data)."""
+    t, y, r, mask = _data(rng, 12, span=3.0)
+    y_nan = np.where(mask, y, np.nan)
+    model = ss.from_kernel(Matern32(variance=VAR, lengthscale=LS), t)
+    draw = jax.jit(
+        lambda key, y: ss.sample_posterior(
+            key, model, y, r, mask=mask, sample_shape=(20000,), parallel=parallel
+        )
+    )
+    f = draw(jax.random.key(1), y_nan)
+    assert f.shape == (20000, 12)
+    mean, cov = _dense_posterior(_gram(Matern32, t), y, r, mask)
+    _assert_moments(f, mean, cov)
+
+
+def test_sample_shapes_and_float32(rng):
+    """sample_shape is prepended; float32 stays float32 and finite; tiny gaps do not NaN."""
+    t = np.array([0.0, 1e-6, 0.5, 0.5 + 1e-5, 2.0])
+    y = np.array([0.1, 0.2, -0.3, 0.0, 0.4])
+    with jax.enable_x64(False):
+        model = ss.from_kernel(Matern52(variance=VAR, lengthscale=LS), t)
+        a = jax.jit(lambda k, m: ss.sample_prior(k, m, (2, 3)))(jax.random.key(2), model)
+        b = jax.jit(lambda k, m: ss.sample_posterior(k, m, y, 0.1))(jax.random.key(3), model)
+    assert a.shape == (2, 3, 5) and b.shape == (5,)
+    for z in (a, b):
+        assert z.dtype == jnp.float32 and np.all(np.isfinite(z))
+    with pytest.raises(ValueError, match=r"`sample_shape` must"):
+        ss.sample_prior(jax.random.key(0), model, 3)
+    with pytest.raises(ValueError, match=r"`y` must have one value per time"):
+        ss.sample_posterior(jax.random.key(0), model, y[:3], 0.1)
+
+
+# ------------------------------------------------------------------ prediction at new times
+
+
+def _new_times(t):
+    """Before the first, after the last, interleaved, equal to data times, repeated, unsorted."""
+    inner = 0.5 * (t[1:4] + t[:3])
+    return np.concatenate([[t[-1] + 2.0, t[0] - 1.5, t[0] - 0.1], inner, t[[5, 0, -1, 5]]])
+
+
+def _check_predict(kernel_cls, dtype, rng, parallel, n=30):
+    t, y, r, mask = _data(rng, n, span=n / 7.5)
+    new = _new_times(t)
+    kernel = kernel_cls(variance=VAR, lengthscale=LS)
+    args = [np.asarray(a, dtype) for a in (t, y, r, new)]
+    pm = jax.jit(
+        lambda y, r: ss.predict(kernel, args[0], y, r, args[3], mask=mask, parallel=parallel)
+    )(args[1], args[2])
+    assert pm.mean.shape == (len(new),) and pm.mean.dtype == jnp.dtype(dtype)
+    with jax.enable_x64(True):
+        k = kernel_cls(variance=VAR, lengthscale=LS)
+        t64, n64 = jnp.asarray(t, jnp.float64), jnp.asarray(new, jnp.float64)
+        K, Kn = np.asarray(k(t64, t64)), np.asarray(k(n64, t64))
+    mean, var = _dense_posterior(K, y, r, mask, Kn, np.full(len(new), VAR))
+    tl = dict(rtol=1e-8, atol=1e-9) if dtype == "float64" else dict(rtol=3e-3, atol=3e-3)
+    np.testing.assert_allclose(pm.mean, mean, **tl)
+    np.testing.assert_allclose(pm.variance, var, **tl)
+    assert np.all(np.asarray(pm.variance) >= 0)
+    # A new time repeated, or equal to a data time, gives identical answers.
+    np.testing.assert_array_equal(pm.mean[-4], pm.mean[-1])
+    np.testing.assert_array_equal(pm.variance[-4], pm.variance[-1])
+
+
+PREDICT_CASES = [
+    (Matern12, "float64"),
+    (Matern52, "float64"),
+    (Matern32, "float32"),
+    (Matern52, "float32"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kernel_cls", "dtype"), PREDICT_CASES, ids=[f"{d}-{k.__name__}" for k, d in PREDICT_CASES]
+)
+def test_predict_matches_dense(kernel_cls, dtype, rng):
+    """New times before, after, between and at the data times equal the dense GP."""
+    with jax.enable_x64(dtype == "float64"):
+        _check_predict(kernel_cls, dtype, rng, parallel=False)
+
+
+def test_predict_parallel_matches_dense(x64, rng):
+    """The parallel form (small n: each associative-scan level costs compile time)."""
+    _check_predict(Matern32, "float64", rng, parallel=True, n=8)
+
+
+def test_predict_traced_data_and_bad_input(x64, rng):
+    """y, noise and kernel may be traced (times closed over); traced or bad times raise."""
+    t, y, r, mask = _data(rng, 10)
+    new = np.array([-0.5, 0.33, 5.0])
+
+    def mean_sum(ls, y, noise):
+        k = Matern32(variance=VAR, lengthscale=ls)
+        return ss.predict(k, t, y, noise, new, mask=mask).mean.sum()
+
+    g = jax.jit(jax.grad(mean_sum, argnums=(0, 1, 2)))(LS, y, r)
+    assert all(np.all(np.isfinite(a)) for a in g)
+    np.testing.assert_array_equal(np.asarray(g[1])[~mask], 0.0)
+    k = Matern32(variance=VAR, lengthscale=LS)
+    with pytest.raises(ValueError, match=r"`times` and `new_times` must be concrete"):
+        jax.jit(lambda tt: ss.predict(k, tt, y, r, new).mean)(t)
+    with pytest.raises(ValueError, match=r"`new_times` must be finite"):
+        ss.predict(k, t, y, r, np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match=r"`new_times` must be 1-D"):
+        ss.predict(k, t, y, r, new[None])
+    with pytest.raises(ValueError, match=r"`new_times` must hold at least one"):
+        ss.predict(k, t, y, r, np.zeros(0))
+    with pytest.raises(ValueError, match=r"`times` must be strictly increasing"):
+        ss.predict(k, t[::-1], y, r, new)
+    with pytest.raises(ValueError, match=r"no exact|sde"):
+        ss.predict(RBF(variance=1.0, lengthscale=1.0), t, y, r, new)
+
+
+@pytest.mark.parametrize("kern", [Matern12, Matern32, Matern52])
+def test_closed_form_matern_transition_equals_expm(kern, x64):
+    dt = jnp.array([0.0, 1e-4, 0.3, 1.7, 25.0])
+
+    def transitions(ell, closed):
+        k = kern(1.3, ell)
+        return ss.discretize(k.sde(), dt, rate=k.rate if closed else None)
+
+    for closed_a, ref_a in zip(transitions(0.7, True), transitions(0.7, False), strict=True):
+        np.testing.assert_allclose(closed_a, ref_a, rtol=1e-10, atol=1e-12)
+    g1 = jax.grad(lambda l: jnp.sum(transitions(l, True)[1]))(0.7)
+    g2 = jax.grad(lambda l: jnp.sum(transitions(l, False)[1]))(0.7)
+    np.testing.assert_allclose(g1, g2, rtol=1e-8)
+    # from_kernel takes the closed form for the Matérn family
+    times = jnp.cumsum(dt + 0.1)
+    model = ss.from_kernel(kern(1.3, 0.7), times)
+    ref = ss.discretize(kern(1.3, 0.7).sde(), jnp.diff(times))[0]
+    np.testing.assert_allclose(model.transitions[1:], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_closed_form_rejects_a_rate_that_is_not_matern(x64):
+    sde = Matern32(1.0, 0.5).sde()
+    with pytest.raises(ValueError, match=r"rate.*nilpotent"):
+        ss.discretize(sde, jnp.array([0.1, 0.2]), rate=1.0)
