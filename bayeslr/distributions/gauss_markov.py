@@ -28,7 +28,6 @@ from jaxtyping import ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.util import is_prng_key
 
-from bayeslr._validation import check_ndim, check_positive
 from bayeslr.linalg import statespace as ss
 
 __all__ = ["GaussMarkovGP"]
@@ -93,14 +92,7 @@ class GaussMarkovGP(Distribution):
             raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
         t = ss._check_times(times)
         n = t.shape[0]
-        noise_arr = jnp.asarray(noise)
-        check_ndim("noise", noise_arr, (0, 1))
-        if noise_arr.ndim == 1 and noise_arr.shape[0] != n:
-            raise ValueError(
-                f"`noise` must be a scalar or have shape ({n},) (one variance per time); got "
-                f"shape {noise_arr.shape}."
-            )
-        check_positive("noise", noise)
+        noise_arr = ss._check_noise(noise, n)
         if mask is not None:
             m = jnp.asarray(mask)
             if m.dtype != jnp.bool_:

@@ -223,6 +223,19 @@ def _check_times(times: Any) -> Array:
     return t
 
 
+def _check_noise(noise: Any, n: int) -> Array:
+    """Check ``noise``: a positive scalar or one positive variance per time, shape ``(n,)``."""
+    noise_arr = jnp.asarray(noise)
+    check_ndim("noise", noise_arr, (0, 1))
+    if noise_arr.ndim == 1 and noise_arr.shape[0] != n:
+        raise ValueError(
+            f"`noise` must be a scalar or have shape ({n},) (one variance per time); got shape "
+            f"{noise_arr.shape}."
+        )
+    check_positive("noise", noise)
+    return noise_arr
+
+
 def _prepare_data(n: int, y: Any, noise: Any, mask: Any, dtype: Any) -> tuple[Array, Array, Array]:
     """Validate ``y``, ``noise``, ``mask`` against ``n`` times; return (y with 0 where masked,
     per-time noise, float mask)."""
@@ -232,14 +245,7 @@ def _prepare_data(n: int, y: Any, noise: Any, mask: Any, dtype: Any) -> tuple[Ar
         raise ValueError(
             f"`y` must have one value per time, shape ({n},); got shape {y_arr.shape}."
         )
-    noise_arr = jnp.asarray(noise)
-    check_ndim("noise", noise_arr, (0, 1))
-    if noise_arr.ndim == 1 and noise_arr.shape[0] != n:
-        raise ValueError(
-            f"`noise` must be a scalar or have shape ({n},) (one variance per time); got shape "
-            f"{noise_arr.shape}."
-        )
-    check_positive("noise", noise)
+    noise_arr = _check_noise(noise, n)
     if mask is None:
         check_finite("y", y)
         m = jnp.ones((n,), dtype=bool)
