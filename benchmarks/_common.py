@@ -307,3 +307,13 @@ def result_line(**values: Any) -> str:
 def print_result(**values: Any) -> None:
     """Print the ``RESULT`` line (call it last) and flush stdout."""
     print(result_line(**values), flush=True)
+
+
+def finish(monitor: CpuMonitor, t_start: float, **result: Any) -> None:
+    """End a benchmark run: report the load from other processes, the wall time, then the
+    ``RESULT`` line (always last)."""
+    other = monitor.share()
+    if other is not None:
+        print(f"other processes used {100 * other:.0f}% of the CPU during the run", flush=True)
+    print(f"total wall {time.perf_counter() - t_start:.1f} s", flush=True)
+    print_result(**result)

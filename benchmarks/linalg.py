@@ -49,14 +49,14 @@ if _BLAS_THREADS is not None:
     for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = _BLAS_THREADS
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
-from bayeslr.linalg.kron import (  # noqa: E402
+from bayeslr.linalg.kron import (
     kron_adjoint_mv,
     kron_dense,
     kron_eigh,
@@ -65,36 +65,21 @@ from bayeslr.linalg.kron import (  # noqa: E402
     mode_product,
 )
 
-try:  # run as `python benchmarks/linalg.py` (script dir on sys.path) or as a module
-    from _common import (
-        REPO,
-        RESULTS_DIR,
-        CpuMonitor,
-        fmt_e,
-        fmt_s,
-        fmt_x,
-        machine_info,
-        markdown_table,
-        print_result,
-        time_jax,
-        time_jax_interleaved,
-        write_markdown,
-    )
-except ImportError:  # pragma: no cover
-    from benchmarks._common import (
-        REPO,
-        RESULTS_DIR,
-        CpuMonitor,
-        fmt_e,
-        fmt_s,
-        fmt_x,
-        machine_info,
-        markdown_table,
-        print_result,
-        time_jax,
-        time_jax_interleaved,
-        write_markdown,
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` beside this script
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    CpuMonitor,
+    finish,
+    fmt_e,
+    fmt_s,
+    fmt_x,
+    machine_info,
+    markdown_table,
+    time_jax,
+    time_jax_interleaved,
+    write_markdown,
+)
 
 LENGTHSCALE = 0.1
 JITTER = 1e-6
@@ -530,11 +515,13 @@ def main(argv=None) -> int:
         )
         print(f"\nwrote {out_path}")
 
-    other = monitor.share()
-    if other is not None:
-        print(f"other processes used {100 * other:.0f}% of the CPU during the run", flush=True)
-    print(f"total wall {time.perf_counter() - t_start:.1f} s", flush=True)
-    print_result(t_1024sq_s=t1024, speedup_dense_4096=speedup, ratio_gpytorch_1024sq=ratio1024)
+    finish(
+        monitor,
+        t_start,
+        t_1024sq_s=t1024,
+        speedup_dense_4096=speedup,
+        ratio_gpytorch_1024sq=ratio1024,
+    )
     return 0
 
 

@@ -30,47 +30,35 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
-from bayeslr.gp import Matern32  # noqa: E402
-from bayeslr.linalg.statespace import (  # noqa: E402
+from bayeslr.gp import Matern32
+from bayeslr.linalg.statespace import (
     from_kernel,
     kalman_filter,
     log_marginal_likelihood,
 )
 
-try:  # run as `python benchmarks/statespace.py` (script dir on sys.path) or as a module
-    from _common import (
-        RESULTS_DIR,
-        CpuMonitor,
-        Timing,
-        fmt_e,
-        fmt_s,
-        machine_info,
-        markdown_table,
-        print_result,
-        time_jax,
-        write_markdown,
-    )
-except ImportError:  # pragma: no cover
-    from benchmarks._common import (
-        RESULTS_DIR,
-        CpuMonitor,
-        Timing,
-        fmt_e,
-        fmt_s,
-        machine_info,
-        markdown_table,
-        print_result,
-        time_jax,
-        write_markdown,
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` beside this script
+from _common import (
+    RESULTS_DIR,
+    CpuMonitor,
+    Timing,
+    finish,
+    fmt_e,
+    fmt_s,
+    machine_info,
+    markdown_table,
+    time_jax,
+    write_markdown,
+)
 
 try:
     import tinygp
@@ -440,11 +428,7 @@ def main(argv=None) -> int:
         )
         print(f"\nwrote {out_path}")
 
-    other = monitor.share()
-    if other is not None:
-        print(f"other processes used {100 * other:.0f}% of the CPU during the run", flush=True)
-    print(f"total wall {time.perf_counter() - t_start:.1f} s", flush=True)
-    print_result(ratio_tinygp_1e5=ratio5, t_1e6_s=t6, max_rel_err=max_err)
+    finish(monitor, t_start, ratio_tinygp_1e5=ratio5, t_1e6_s=t6, max_rel_err=max_err)
     return 0
 
 

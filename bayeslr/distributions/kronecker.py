@@ -25,7 +25,7 @@ from numpyro.util import is_prng_key
 from bayeslr._validation import check_finite
 from bayeslr.linalg import kron
 from bayeslr.linalg.kron import Noise
-from bayeslr.linalg.operators import KroneckerPlusDiagOperator, StaticMask
+from bayeslr.linalg.operators import KroneckerPlusDiagOperator
 
 __all__ = ["KroneckerNormal"]
 
@@ -163,7 +163,3 @@ class KroneckerNormal(Distribution):
         if on_grid:
             mean = mean + self.loc
         return mean, var
-
-
-# keep the static mask type importable from here for users building masks once
-KroneckerNormal.StaticMask = StaticMask
