@@ -147,12 +147,12 @@ class GaussMarkovGP(Distribution):
                 f"`value` must have shape (*batch, {n}) (one value per time); got shape "
                 f"{value.shape}."
             )
-        model = self.model
         lead = value.shape[:-1]
 
         def one(y):
-            fr = ss.kalman_filter(model, y, self.noise, mask=self.mask, parallel=self.parallel)
-            return fr.log_likelihood
+            return ss.log_marginal_likelihood(
+                self.kernel, self.times, y, self.noise, mask=self.mask, parallel=self.parallel
+            )
 
         flat = value.reshape((-1, n))
         return jax.vmap(one)(flat).reshape(lead)

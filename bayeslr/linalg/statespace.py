@@ -27,15 +27,18 @@ Discretization
 Kalman filter (sequential, ``jax.lax.scan``)
     .. math::
         m_k^- = A_k m_{k-1},\quad P_k^- = A_k P_{k-1} A_k^\top + Q_k,\quad
-        v_k = y_k - H m_k^-,\quad S_k = H P_k^- H^\top + r_k,\quad K_k = P_k^- H^\top S_k^{-1},
+        v_k = y_k - H m_k^-,\quad S_k = H P_k^- H^\top + R_k,\quad K_k = P_k^- H^\top S_k^{-1},
 
     .. math::
         m_k = m_k^- + K_k v_k,\quad
-        P_k = (I - K_k H) P_k^- (I - K_k H)^\top + K_k r_k K_k^\top \ \text{(Joseph form)},
+        P_k = (I - K_k H) P_k^- (I - K_k H)^\top + K_k R_k K_k^\top \ \text{(Joseph form)},
 
-    and :math:`\log p(y) = -\tfrac12 \sum_k [\log(2\pi S_k) + v_k^2 / S_k]`. A missing
-    observation (``mask[k]`` false) skips the update (:math:`K_k = 0`) and adds nothing to the
-    log-likelihood. Every covariance is symmetrized after each step.
+    and :math:`\log p(y) = -\tfrac12 \sum_k [p \log 2\pi + \log|S_k| + v_k^\top S_k^{-1}
+    v_k]` (:math:`R_k = \operatorname{diag}(r_k)`; for scalar observations :math:`S_k` is a
+    number). A missing observation (``mask`` false) skips the update of that component
+    (:math:`K_k` gets a zero column) and adds nothing to the log-likelihood. The Joseph form
+    and the symmetrization of every covariance keep :math:`P_k` symmetric positive
+    semi-definite in float32 as well.
 
 RTS smoother (sequential, reverse ``jax.lax.scan``)
     .. math::
@@ -83,7 +86,17 @@ Conventions
     * ``noise`` is the observation-noise variance :math:`r`: a scalar or one value per time.
     * ``mask`` (boolean, true = observed) marks missing observations; ``y`` may hold anything
       (NaN included) where ``mask`` is false.
-    * Only scalar observations (:math:`H` of shape ``(1, d)``) are supported.
+    * Vector observations :math:`y_k = H x_k + e_k \in \mathbb{R}^p` use a ``(p, d)``
+      measurement matrix (``from_kernel(kernel, times, H=...)``; e.g. ``H = I`` on a Matérn 3/2
+      state observes :math:`f` and :math:`f'`): ``y`` has shape ``(n, p)``, ``noise`` is a
+      scalar, ``(n,)`` or ``(n, p)`` (independent components, :math:`R_k` diagonal), ``mask``
+      ``(n,)`` or ``(n, p)``. The update then uses the :math:`p \times p` innovation
+      covariance :math:`S_k = H P_k^- H^\top + R_k` by Cholesky; scalar observations take a
+      division-only path.
+    * The sequential forms compute :math:`(A_k, Q_k)` inside the ``lax.scan`` step from the gap
+      (closed form for Matérn kernels and their sums), so the kernel-level entry points never
+      hold ``(n, d, d)`` transition arrays; :class:`StateSpaceModel` materializes them for the
+      model-level functions and the parallel forms.
     * ``parallel`` is a static Python bool in every entry point. Everything is jittable,
       ``vmap``-able over independent series (same times or not) and differentiable with respect
       to the kernel hyperparameters (kernels are pytrees), the noise and ``y``.
@@ -100,6 +113,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -223,50 +237,132 @@ def _check_times(times: Any) -> Array:
     return t
 
 
-def _check_noise(noise: Any, n: int) -> Array:
-    """Check ``noise``: a positive scalar or one positive variance per time, shape ``(n,)``."""
+def _check_noise(noise: Any, n: int, p: int = 1) -> Array:
+    """Check ``noise``: a positive scalar, one variance per time ``(n,)`` or, for vector
+    observations (``p > 1``), one per time and component ``(n, p)``."""
     noise_arr = jnp.asarray(noise)
-    check_ndim("noise", noise_arr, (0, 1))
-    if noise_arr.ndim == 1 and noise_arr.shape[0] != n:
+    shapes = [(), (n,)] + ([(n, p)] if p > 1 else [])
+    if noise_arr.shape not in shapes:
+        allowed = "a scalar or have shape " + " or ".join(str(s) for s in shapes[1:])
         raise ValueError(
-            f"`noise` must be a scalar or have shape ({n},) (one variance per time); got shape "
-            f"{noise_arr.shape}."
+            f"`noise` must be {allowed} (observation-noise variances); got shape {noise_arr.shape}."
         )
     check_positive("noise", noise)
     return noise_arr
 
 
-def _prepare_data(n: int, y: Any, noise: Any, mask: Any, dtype: Any) -> tuple[Array, Array, Array]:
-    """Validate ``y``, ``noise``, ``mask`` against ``n`` times; return (y with 0 where masked,
-    per-time noise, float mask)."""
-    y_arr = jnp.asarray(y)
-    check_ndim("y", y_arr, 1)
-    if y_arr.shape[0] != n:
+def _check_H(H: Any, d: int) -> Array:
+    H = jnp.asarray(H)
+    if H.ndim != 2 or H.shape[1] != d or H.shape[0] < 1:
         raise ValueError(
-            f"`y` must have one value per time, shape ({n},); got shape {y_arr.shape}."
+            f"`H` must be a measurement matrix of shape (p, {d}) with p >= 1 (state dimension "
+            f"{d}); got shape {H.shape}."
         )
-    noise_arr = _check_noise(noise, n)
+    return H
+
+
+def _prepare_data(
+    n: int, p: int, y: Any, noise: Any, mask: Any, dtype: Any
+) -> tuple[Array, Array, Array]:
+    """Validate ``y``, ``noise``, ``mask`` against ``n`` times and ``p`` observed components.
+
+    Returns ``(y, r, w)``, each of shape ``(n, p)``: ``y`` with 0 where missing, the noise
+    variances, and the float mask (1 = observed), or ``w = None`` when ``mask`` is None."""
+    y_arr = jnp.asarray(y)
+    want = (n,) if p == 1 else (n, p)
+    if y_arr.shape != want:
+        what = "one value per time" if p == 1 else f"one vector of {p} values per time"
+        raise ValueError(f"`y` must have {what}, shape {want}; got shape {y_arr.shape}.")
+    noise_arr = _check_noise(noise, n, p)
     if mask is None:
         check_finite("y", y)
-        m = jnp.ones((n,), dtype=bool)
+        m = jnp.ones(want, dtype=bool)
     else:
         m = jnp.asarray(mask)
         if m.dtype != jnp.bool_:
             raise ValueError(
                 f"`mask` must be a boolean array (True = observed); got dtype {m.dtype}."
             )
-        if m.shape != (n,):
-            raise ValueError(f"`mask` must have shape ({n},); got shape {m.shape}.")
+        shapes = [(n,)] + ([(n, p)] if p > 1 else [])
+        if m.shape not in shapes:
+            raise ValueError(
+                f"`mask` must have shape {' or '.join(str(s) for s in shapes)}; got shape "
+                f"{m.shape}."
+            )
         if is_concrete(y) and is_concrete(mask):
-            check_finite("y (observed entries)", np.asarray(y)[np.asarray(mask)])
-    y_arr = jnp.where(m, y_arr, 0).astype(dtype)
-    r = jnp.broadcast_to(noise_arr.astype(dtype), (n,))
-    return y_arr, r, m.astype(dtype)
+            ma = np.broadcast_to(np.asarray(mask).reshape(n, -1), (n, p)).reshape(want)
+            check_finite("y (observed entries)", np.asarray(y)[ma])
+        m = jnp.broadcast_to(m.reshape(n, -1), (n, p)).reshape(want)
+    r = jnp.broadcast_to(noise_arr.astype(dtype).reshape((n, -1) if noise_arr.ndim else ()), (n, p))
+    if mask is None:
+        return y_arr.astype(dtype).reshape(n, p), r, None
+    y_arr = jnp.where(m, y_arr, 0).astype(dtype).reshape(n, p)
+    return y_arr, r, m.astype(dtype).reshape(n, p)
 
 
 # ---------------------------------------------------------------------------------------------
 # Model construction
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_rate(F: Array, rate: Array) -> None:
+    """``F + diag(rate)`` must be nilpotent (checked when concrete)."""
+    d = F.shape[-1]
+    if rate.ndim not in (0, 1) or (rate.ndim == 1 and rate.shape[0] != d):
+        raise ValueError(
+            f"`rate` must be a scalar or have shape ({d},) (one rate per state); got shape "
+            f"{rate.shape}."
+        )
+    if is_concrete((F, rate)):
+        N = np.asarray(F, np.float64) + np.diag(np.broadcast_to(np.asarray(rate, np.float64), d))
+        nd = np.linalg.matrix_power(N, d)
+        scale = max(float(np.max(np.abs(np.asarray(F, np.float64)))), 1e-30) ** d
+        if float(np.max(np.abs(nd))) > 1e-6 * scale:
+            raise ValueError(
+                "`rate` must make F + diag(rate) nilpotent (a Matérn SDE or a sum of them); got "
+                f"rate={np.asarray(rate)} with max |(F + diag(rate))^{d}| = "
+                f"{float(np.max(np.abs(nd))):.3g}."
+            )
+
+
+def _transition_fn(
+    sde: Any, rate: Any, dtype: Any, *, symmetrize: bool = True
+) -> Callable[[Array], tuple[Array, Array]]:
+    r"""Per-gap exact transition ``dt -> (A, Q)`` of an LTI SDE (unbatched; ``vmap`` it).
+
+    With ``rate`` (:math:`\lambda`, scalar or per state) :math:`N = F + \operatorname{diag}(
+    \lambda)` is nilpotent and commutes with :math:`\operatorname{diag}(\lambda)` (block-wise
+    constant), so :math:`e^{F\Delta} = e^{-\lambda\Delta} \odot \sum_{j<d} (N\Delta)^j / j!`
+    (rows scaled); otherwise ``expm``.
+    """
+    F = jnp.asarray(sde.F).astype(dtype)
+    Pinf = _sym(jnp.asarray(sde.Pinf).astype(dtype))
+    d = F.shape[-1]
+    if rate is None:
+
+        def expm(dt: Array) -> Array:
+            return jax.scipy.linalg.expm(F * dt)
+
+    else:
+        lam = jnp.asarray(rate).astype(dtype)
+        _check_rate(F, lam)
+        N = F + jnp.diag(jnp.broadcast_to(lam, (d,)))
+        powers = [jnp.eye(d, dtype=dtype)]
+        for j in range(1, d):
+            powers.append(_mm(powers[-1], N) / j)  # N^j / j!
+
+        def expm(dt: Array) -> Array:
+            series = powers[0]
+            for j in range(1, d):
+                series = series + dt**j * powers[j]
+            return jnp.exp(-lam * dt).reshape(-1, 1) * series
+
+    def transition(dt: Array) -> tuple[Array, Array]:
+        A = expm(dt)
+        Q = Pinf - _mm(_mm(A, Pinf), A.T)
+        return A, (_sym(Q) if symmetrize else Q)
+
+    return transition
 
 
 def discretize(
@@ -279,74 +375,105 @@ def discretize(
     (symmetrized), exact for any :math:`\Delta_k \ge 0` when :math:`P_\infty` is the stationary
     covariance of the SDE.
 
-    **Closed form for Matérn kernels.** For Matérn :math:`\nu = p + \tfrac12` the companion
-    matrix has characteristic polynomial :math:`(s + \lambda)^d`, so :math:`N = F + \lambda I`
-    is nilpotent and exactly
+    **Closed form for Matérn kernels and their sums.** For Matérn :math:`\nu = p + \tfrac12`
+    the companion matrix has characteristic polynomial :math:`(s + \lambda)^d`, so
+    :math:`N = F + \lambda I` is nilpotent and exactly
 
     .. math:: e^{F\Delta} = e^{-\lambda\Delta} \sum_{j<d} \frac{(N\Delta)^j}{j!}.
 
-    Pass ``rate`` :math:`=\lambda` to use it (:func:`from_kernel` does so for kernels with a
-    ``rate``, i.e. the Matérn family): a few multiply-adds per gap instead of a Padé ``expm``,
-    and about 4x faster value and gradient of a log-likelihood. Without ``rate``, ``expm`` is
-    used (e.g. the Student-t mixture's quasi-periodic SDE).
+    For a sum of Matérn kernels (block-diagonal :math:`F`) the same holds with one rate per
+    state, :math:`N = F + \operatorname{diag}(\lambda)`. Pass ``rate`` :math:`=\lambda` to
+    use it (:func:`from_kernel` does so for kernels with a ``rate``): a few multiply-adds per
+    gap instead of a Padé ``expm``. Without ``rate``, ``expm`` is used (e.g. the Student-t
+    mixture's quasi-periodic SDE, the approximate RBF SDE).
 
     Args:
         sde: An :class:`~bayeslr.gp.SDE` (fields ``F`` and ``Pinf`` are used), e.g.
             ``kernel.sde()``.
         dt: Gaps :math:`\Delta_k \ge 0`, shape ``(m,)``.
-        rate: Optional :math:`\lambda` such that :math:`F + \lambda I` is nilpotent.
+        rate: Optional :math:`\lambda`, scalar or shape ``(d,)``, with
+            :math:`F + \operatorname{diag}(\lambda)` nilpotent.
 
     Returns:
         ``(A, Q)``, each of shape ``(m, d, d)``. Cost :math:`O(m d^3)`.
 
     Raises:
-        ValueError: ``dt`` not 1-D or negative; ``rate`` given (concrete) but
-            :math:`F + \lambda I` is not nilpotent.
+        ValueError: ``dt`` not 1-D or negative; ``rate`` of the wrong shape, or given
+            (concrete) but :math:`F + \operatorname{diag}(\lambda)` is not nilpotent.
     """
     dt = jnp.asarray(dt)
     check_ndim("dt", dt, 1)
     check_positive("dt", dt, allow_zero=True)
-    F, Pinf = jnp.asarray(sde.F), jnp.asarray(sde.Pinf)
-    dtype = jnp.result_type(F, Pinf, dt)
-    F, Pinf, dt = F.astype(dtype), Pinf.astype(dtype), dt.astype(dtype)
-    if rate is None:
-        A = jax.vmap(lambda h: jax.scipy.linalg.expm(F * h))(dt)
-    else:
-        A = _nilpotent_expm(F, jnp.asarray(rate, dtype), dt)
-    Q = _sym(Pinf - _mm(_mm(A, Pinf), jnp.swapaxes(A, -1, -2)))
-    return A, Q
+    dtype = jnp.result_type(jnp.asarray(sde.F), jnp.asarray(sde.Pinf), dt)
+    return jax.vmap(_transition_fn(sde, rate, dtype))(dt.astype(dtype))
 
 
-def _nilpotent_expm(F: Array, rate: Array, dt: Array) -> Array:
-    """:math:`e^{F\\Delta}` for every gap when :math:`N = F + \\lambda I` is nilpotent."""
-    d = F.shape[-1]
-    N = F + rate * jnp.eye(d, dtype=F.dtype)
-    if is_concrete((N,)):
-        nd = np.linalg.matrix_power(np.asarray(N, np.float64), d)
-        scale = max(float(np.max(np.abs(np.asarray(F, np.float64)))), 1e-30) ** d
-        if float(np.max(np.abs(nd))) > 1e-6 * scale:
-            raise ValueError(
-                f"`rate` must make F + rate*I nilpotent (a Matérn SDE); got rate={float(rate):g} "
-                f"with max |(F + rate I)^{d}| = {float(np.max(np.abs(nd))):.3g}."
-            )
-    powers = [jnp.eye(d, dtype=F.dtype)]
-    for _ in range(1, d):
-        powers.append(_mm(powers[-1], N))
-    fact = 1.0
-    series = jnp.zeros((dt.shape[0], d, d), F.dtype)
-    for j, pj in enumerate(powers):
-        fact = fact * max(j, 1)
-        series = series + (dt**j / fact)[:, None, None] * pj
-    return jnp.exp(-rate * dt)[:, None, None] * series
+class _Steps(NamedTuple):
+    r"""Internal lazy model: step 1 has the prior :math:`N(0, P_1)`, steps :math:`k \ge 2` the
+    transition ``transition(x_k) -> (A_k, Q_k)`` of per-step inputs ``xs`` (leading axis
+    ``n - 1``).
+
+    Lets the sequential filter and smoother compute each transition inside the ``lax.scan``
+    step (no ``(n, d, d)`` arrays and their cotangents in memory, fewer operations per step),
+    while the parallel forms and :class:`StateSpaceModel` materialize them with ``vmap``."""
+
+    P1: Array
+    xs: Any
+    transition: Callable[[Any], tuple[Array, Array]]
+    H: Array
+
+    @property
+    def n(self) -> int:
+        return jax.tree_util.tree_leaves(self.xs)[0].shape[0] + 1
+
+    def materialize(self) -> StateSpaceModel:
+        A, Q = jax.vmap(self.transition)(self.xs)
+        d = self.P1.shape[-1]
+        A = jnp.concatenate([jnp.zeros((1, d, d), A.dtype), A], axis=0)
+        Q = jnp.concatenate([self.P1[None], Q], axis=0)
+        return StateSpaceModel(transitions=A, process_covs=Q, H=self.H)
 
 
-def from_sde(sde: Any, times: Float[ArrayLike, " n"], *, rate: Any = None) -> StateSpaceModel:
+def _model_steps(model: StateSpaceModel) -> _Steps:
+    xs = (model.transitions[1:], model.process_covs[1:])
+    return _Steps(model.process_covs[0], xs, lambda aq: aq, model.H)
+
+
+def _sde_steps(sde: Any, times: Any, rate: Any, H: Any, *, symmetrize: bool = True) -> _Steps:
+    """Lazy steps of an SDE at sorted times: step 1 is the prior (A = 0, Q = P∞), then the
+    exact transitions over the gaps."""
+    t = _check_times(times)
+    d = jnp.shape(sde.F)[-1]
+    H = _check_H(sde.H if H is None else H, d)
+    dtype = jnp.result_type(jnp.asarray(sde.F), jnp.asarray(sde.Pinf), t)
+    trans = _transition_fn(sde, rate, dtype, symmetrize=symmetrize)
+    Pinf = _sym(jnp.asarray(sde.Pinf).astype(dtype))
+    return _Steps(Pinf, jnp.diff(t.astype(dtype)), trans, H.astype(dtype))
+
+
+def _kernel_steps(kernel: Any, times: Any, H: Any = None, *, symmetrize: bool = True) -> _Steps:
+    if not hasattr(kernel, "sde"):
+        raise ValueError(
+            f"`kernel` must have an exact state-space form (a `sde()` method); got "
+            f"{type(kernel).__name__}."
+        )
+    # Matérn kernels (and sums of them) expose rates λ with F + diag(λ) nilpotent.
+    return _sde_steps(kernel.sde(), times, getattr(kernel, "rate", None), H, symmetrize=symmetrize)
+
+
+def from_sde(
+    sde: Any, times: Float[ArrayLike, " n"], *, rate: Any = None, H: Any = None
+) -> StateSpaceModel:
     r"""Build the :class:`StateSpaceModel` of an LTI SDE observed at sorted ``times``.
 
     Args:
-        sde: An :class:`~bayeslr.gp.SDE` with ``H`` of shape ``(1, d)``.
+        sde: An :class:`~bayeslr.gp.SDE`, e.g. ``kernel.sde()`` or the approximate
+            ``RBF(...).sde(order=6)``.
         times: Strictly increasing times :math:`t_1 < \dots < t_n`, shape ``(n,)``.
-        rate: Optional Matérn rate for the closed-form transition (see :func:`discretize`).
+        rate: Optional Matérn rate(s) for the closed-form transition (see :func:`discretize`).
+        H: Optional measurement matrix of shape ``(p, d)`` replacing ``sde.H`` for vector
+            observations :math:`y_k = H x_k + e_k \in \mathbb{R}^p` (e.g. ``jnp.eye(2)`` with a
+            Matérn 3/2 observes :math:`f` and :math:`f'`).
 
     Returns:
         The model with :math:`A_1 = 0, Q_1 = P_\infty` and :func:`discretize` for the gaps.
@@ -354,41 +481,26 @@ def from_sde(sde: Any, times: Float[ArrayLike, " n"], *, rate: Any = None) -> St
 
     Raises:
         ValueError: ``times`` not 1-D, not finite, unsorted or with duplicates; ``H`` not
-            ``(1, d)``.
+            ``(p, d)``; a bad ``rate``.
     """
-    t = _check_times(times)
-    H = jnp.asarray(sde.H)
-    d = jnp.shape(sde.F)[-1]
-    if H.shape != (1, d):
-        raise ValueError(
-            f"`sde.H` must have shape (1, {d}) (scalar observations only); got {H.shape}."
-        )
-    A, Q = discretize(sde, jnp.diff(t), rate=rate)
-    dtype = A.dtype
-    Pinf = _sym(jnp.asarray(sde.Pinf).astype(dtype))
-    A = jnp.concatenate([jnp.zeros((1, d, d), dtype), A], axis=0)
-    Q = jnp.concatenate([Pinf[None], Q], axis=0)
-    return StateSpaceModel(transitions=A, process_covs=Q, H=H.astype(dtype))
+    return _sde_steps(sde, times, rate, H).materialize()
 
 
-def from_kernel(kernel: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
+def from_kernel(kernel: Any, times: Float[ArrayLike, " n"], *, H: Any = None) -> StateSpaceModel:
     r"""Build the :class:`StateSpaceModel` of a stationary kernel with an exact SDE.
 
-    Equivalent to ``from_sde(kernel.sde(), times, rate=kernel.rate)`` for the Matérn family
-    (closed-form transitions) and ``from_sde(kernel.sde(), times)`` otherwise.
+    Equivalent to ``from_sde(kernel.sde(), times, rate=kernel.rate)`` for the Matérn family and
+    sums of Matérn kernels (closed-form transitions) and ``from_sde(kernel.sde(), times)``
+    otherwise.
 
     Args:
-        kernel: A kernel with ``sde()`` (Matérn 1/2, 3/2, 5/2, Student-t mixture). RBF and
-            spectral mixture raise :class:`ValueError` from ``sde()``.
+        kernel: A kernel with ``sde()`` (Matérn 1/2, 3/2, 5/2, Student-t mixture, sums of
+            these). RBF and spectral mixture raise :class:`ValueError` from ``sde()``.
         times: Strictly increasing times, shape ``(n,)``.
+        H: Optional ``(p, d)`` measurement matrix for vector observations (see
+            :func:`from_sde`).
     """
-    if not hasattr(kernel, "sde"):
-        raise ValueError(
-            f"`kernel` must have an exact state-space form (a `sde()` method); got "
-            f"{type(kernel).__name__}."
-        )
-    # Matérn kernels expose their rate λ (F + λI nilpotent): closed-form transitions
-    return from_sde(kernel.sde(), times, rate=getattr(kernel, "rate", None))
+    return _kernel_steps(kernel, times, H).materialize()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,48 +508,105 @@ def from_kernel(kernel: Any, times: Float[ArrayLike, " n"]) -> StateSpaceModel:
 # ---------------------------------------------------------------------------------------------
 
 
-def _filter_sequential(model: StateSpaceModel, y: Array, r: Array, w: Array) -> FilterResult:
-    h = model.H[0]
-    d = h.shape[0]
-    eye = jnp.eye(d, dtype=y.dtype)
+def _innovation_solver(S: Array) -> tuple[Callable[[Array], Array], Array]:
+    """``(B -> S^{-1} B, log|S|)`` for the ``(p, p)`` innovation covariance (``p == 1``: a
+    division, no factorization)."""
+    if S.shape[-1] == 1:
+        s = S[0, 0]
+        return (lambda B: B / s), jnp.log(s)
+    c = jnp.linalg.cholesky(S)
+    return (
+        lambda B: jax.scipy.linalg.cho_solve((c, True), B),
+        2.0 * jnp.sum(jnp.log(jnp.diagonal(c))),
+    )
+
+
+def _update(mp: Array, Pp: Array, H: Array, y: Array, r: Array, w: Array | None, eye: Array):
+    r"""One Kalman update of :math:`N(m^-, P^-)` by :math:`y = Hx + e`, missing components
+    (``w = 0``; ``w = None``: all observed) removed. Returns ``(m, P, log-likelihood term)``.
+
+    Missing components get a zero row of :math:`H` and unit noise: their gain column is zero
+    and they add nothing to :math:`\log|S|` and :math:`v^\top S^{-1} v`. For ``p = 1``
+    (``y``, ``r``, ``w`` scalars or shape ``(1,)``) only vector operations are used: this is
+    the inner loop of every scalar filter, where the operation count sets the speed."""
+    if H.shape[0] == 1:
+        h, y, r = H[0], jnp.reshape(y, ()), jnp.reshape(r, ())
+        if w is not None:
+            w = jnp.reshape(w, ())
+            h, r_eff = w * h, w * r
+        else:
+            r_eff = r
+        ph = _mv(Pp, h)
+        s = jnp.dot(h, ph, precision=_HI) + (r if w is None else r_eff + (1.0 - w))
+        v = y - jnp.dot(h, mp, precision=_HI)
+        k = ph / s
+        ikh = eye - jnp.outer(k, h)
+        P = _sym(_mm(_mm(ikh, Pp), ikh.T) + r_eff * jnp.outer(k, k))  # Joseph form
+        c = _LOG_2PI if w is None else w * _LOG_2PI
+        return mp + k * v, P, -0.5 * (c + jnp.log(s) + v * v / s)
+    if w is None:
+        w = jnp.ones_like(r)
+    Hw = w[:, None] * H
+    PHt = _mm(Pp, Hw.T)
+    S = _mm(Hw, PHt) + jnp.diag(w * r + (1.0 - w))
+    v = y - _mv(Hw, mp)
+    solve, logdet = _innovation_solver(S)
+    K = solve(PHt.T).T
+    m = mp + _mv(K, v)
+    ikh = eye - _mm(K, Hw)
+    P = _sym(_mm(_mm(ikh, Pp), ikh.T) + _mm(K * (w * r), K.T))  # Joseph form
+    quad = jnp.dot(v, solve(v), precision=_HI)
+    return m, P, -0.5 * (jnp.sum(w) * _LOG_2PI + logdet + quad)
+
+
+def _filter_sequential(
+    steps: _Steps, y: Array, r: Array, w: Array | None, *, keep_states: bool = True
+) -> FilterResult:
+    H = steps.H
+    p, d = H.shape
+    eye = jnp.eye(d, dtype=H.dtype)
+    if p == 1:  # scan over scalars
+        y, r = y[:, 0], r[:, 0]
+        w = None if w is None else w[:, 0]
+    first = jax.tree_util.tree_map(lambda a: a[0], (y, r, w))
+    m1, P1, ll1 = _update(jnp.zeros((d,), H.dtype), steps.P1, H, *first, eye)
+    rest = jax.tree_util.tree_map(lambda a: a[1:], (y, r, w))
 
     def step(carry, inputs):
         m, P, ll = carry
-        A, Q, yk, rk, wk = inputs
+        x, (yk, rk, wk) = inputs
+        A, Q = steps.transition(x)
         mp = _mv(A, m)
         Pp = _sym(_mm(_mm(A, P), A.T) + Q)
-        ph = _mv(Pp, h)
-        s = jnp.dot(h, ph, precision=_HI) + rk
-        v = yk - jnp.dot(h, mp, precision=_HI)
-        k = wk * ph / s
-        m_new = mp + k * v
-        ikh = eye - jnp.outer(k, h)
-        P_new = _sym(_mm(_mm(ikh, Pp), ikh.T) + rk * jnp.outer(k, k))
-        ll = ll - 0.5 * wk * (_LOG_2PI + jnp.log(s) + v * v / s)
-        return (m_new, P_new, ll), (m_new, P_new)
+        m_new, P_new, llk = _update(mp, Pp, H, yk, rk, wk, eye)
+        return (m_new, P_new, ll + llk), ((m_new, P_new) if keep_states else None)
 
-    init = (jnp.zeros((d,), y.dtype), jnp.zeros((d, d), y.dtype), jnp.zeros((), y.dtype))
-    (_, _, ll), (ms, Ps) = jax.lax.scan(
-        step, init, (model.transitions, model.process_covs, y, r, w)
-    )
-    return FilterResult(means=ms, covs=Ps, log_likelihood=ll)
+    (_, _, ll), states = jax.lax.scan(step, (m1, P1, ll1), (steps.xs, rest))
+    if not keep_states:
+        return FilterResult(means=None, covs=None, log_likelihood=ll)  # type: ignore[arg-type]
+    means = jnp.concatenate([m1[None], states[0]], axis=0)
+    covs = jnp.concatenate([P1[None], states[1]], axis=0)
+    return FilterResult(means=means, covs=covs, log_likelihood=ll)
 
 
-def _filter_element(A, Q, h, yk, rk, wk):
-    """Särkkä & García-Fernández (2021) filtering element of one step (masked: K = 0)."""
-    d = h.shape[0]
-    eye = jnp.eye(d, dtype=Q.dtype)
-    qh = _mv(Q, h)
-    s = jnp.dot(h, qh, precision=_HI) + rk
-    sinv = wk / s
-    k = qh * sinv
-    ikh = eye - jnp.outer(k, h)
+def _filter_element(A, Q, H, yk, rk, wk):
+    """Särkkä & García-Fernández (2021) filtering element of one step (missing: K = 0).
+
+    The gain, :math:`S` and the Joseph-form :math:`C` are those of :func:`_update` with the
+    prior :math:`N(0, Q)`."""
+    d = A.shape[-1]
+    Hw = wk[:, None] * H
+    QHt = _mm(Q, Hw.T)
+    S = _mm(Hw, QHt) + jnp.diag(wk * rk + (1.0 - wk))
+    solve, _ = _innovation_solver(S)
+    K = solve(QHt.T).T
+    ikh = jnp.eye(d, dtype=Q.dtype) - _mm(K, Hw)
     a_bar = _mm(ikh, A)
-    b = k * yk
-    c = _sym(_mm(_mm(ikh, Q), ikh.T) + rk * jnp.outer(k, k))
-    ha = _mv(A.T, h)  # A^T h
-    eta = ha * (sinv * yk)
-    J = sinv * jnp.outer(ha, ha)
+    b = _mv(K, yk)
+    c = _sym(_mm(_mm(ikh, Q), ikh.T) + _mm(K * (wk * rk), K.T))
+    HA = _mm(Hw, A)  # (p, d)
+    eta = _mv(HA.T, solve(yk))
+    J = _sym(_mm(HA.T, solve(HA)))
     return a_bar, b, c, eta, J
 
 
@@ -461,60 +630,69 @@ def _filter_combine(ei, ej):
     return A, b, C, eta, J
 
 
-def _filter_parallel(model: StateSpaceModel, y: Array, r: Array, w: Array) -> FilterResult:
-    h = model.H[0]
+def _filter_parallel(model: StateSpaceModel, y: Array, r: Array, w: Array | None) -> FilterResult:
+    H = model.H
     A, Q = model.transitions, model.process_covs
-    elems = jax.vmap(_filter_element, in_axes=(0, 0, None, 0, 0, 0))(A, Q, h, y, r, w)
+    w = jnp.ones_like(r) if w is None else w
+    elems = jax.vmap(_filter_element, in_axes=(0, 0, None, 0, 0, 0))(A, Q, H, y, r, w)
     _, ms, Ps, _, _ = jax.lax.associative_scan(jax.vmap(_filter_combine), elems)
     # One-step predictions from the filtered moments give the log-likelihood in parallel.
     m_prev = jnp.concatenate([jnp.zeros_like(ms[:1]), ms[:-1]], axis=0)
     P_prev = jnp.concatenate([jnp.zeros_like(Ps[:1]), Ps[:-1]], axis=0)
     mp = _mv(A, m_prev)
     Pp = _sym(_mm(_mm(A, P_prev), jnp.swapaxes(A, -1, -2)) + Q)
-    s = jnp.einsum("i,nij,j->n", h, Pp, h, precision=_HI) + r
-    v = y - jnp.einsum("i,ni->n", h, mp, precision=_HI)
-    ll = -0.5 * jnp.sum(w * (_LOG_2PI + jnp.log(s) + v * v / s))
-    return FilterResult(means=ms, covs=Ps, log_likelihood=ll)
+    eye = jnp.eye(A.shape[-1], dtype=A.dtype)
+    _, _, lls = jax.vmap(_update, in_axes=(0, 0, None, 0, 0, 0, None))(mp, Pp, H, y, r, w, eye)
+    return FilterResult(means=ms, covs=Ps, log_likelihood=jnp.sum(lls))
+
+
+def _check_parallel(parallel: Any) -> None:
+    if not isinstance(parallel, bool):
+        raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
 
 
 def kalman_filter(
     model: StateSpaceModel,
-    y: Float[ArrayLike, " n"],
-    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"],
+    y: Float[ArrayLike, " n"] | Float[ArrayLike, "n p"],
+    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"] | Float[ArrayLike, "n p"],
     *,
-    mask: Bool[ArrayLike, " n"] | None = None,
+    mask: Bool[ArrayLike, " n"] | Bool[ArrayLike, "n p"] | None = None,
     parallel: bool = False,
 ) -> FilterResult:
-    r"""Kalman filter of :math:`y_k = H x_k + e_k`, :math:`e_k \sim N(0, r_k)`.
+    r"""Kalman filter of :math:`y_k = H x_k + e_k`, :math:`e_k \sim N(0, R_k)`.
 
     Computes :math:`p(x_k \mid y_{1:k}) = N(m_k, P_k)` (Joseph-form update, symmetrized) and
-    the log marginal likelihood :math:`\log p(y_{1:n}) = -\tfrac12\sum_k [\log 2\pi S_k +
-    v_k^2/S_k]` over the observed entries; equations in the module docstring.
+    the log marginal likelihood :math:`\log p(y_{1:n}) = -\tfrac12\sum_k [p_k \log 2\pi +
+    \log|S_k| + v_k^\top S_k^{-1} v_k]` over the observed entries; equations in the module
+    docstring.
 
     Args:
-        model: :class:`StateSpaceModel` over :math:`n` times (:func:`from_kernel`).
-        y: Observations :math:`y_k`, shape ``(n,)``; finite where observed.
-        noise: Noise variances :math:`r_k > 0`, scalar or shape ``(n,)``.
-        mask: Optional boolean ``(n,)``, true where :math:`y_k` is observed. A missing step skips
-            the update and adds nothing to the log-likelihood.
+        model: :class:`StateSpaceModel` over :math:`n` times (:func:`from_kernel`) with a
+            ``(p, d)`` measurement matrix.
+        y: Observations, shape ``(n,)`` for scalar observations (``p = 1``) or ``(n, p)``;
+            finite where observed.
+        noise: Noise variances :math:`r_k > 0` (:math:`R_k = \operatorname{diag}(r_k)`):
+            scalar, shape ``(n,)`` or, for ``p > 1``, ``(n, p)``.
+        mask: Optional boolean, true where observed: ``(n,)`` (whole time steps) or, for
+            ``p > 1``, ``(n, p)`` (single components). Missing entries skip the update and add
+            nothing to the log-likelihood.
         parallel: Static. ``False``: ``lax.scan`` (:math:`O(n)` depth). ``True``:
             ``lax.associative_scan`` (:math:`O(\log n)` depth, Särkkä & García-Fernández 2021).
 
     Returns:
         :class:`FilterResult` ``(means (n, d), covs (n, d, d), log_likelihood ())``. Cost
-        :math:`O(n d^3)` time, :math:`O(n d^2)` memory.
+        :math:`O(n (d^3 + p^3))` time, :math:`O(n d^2)` memory.
 
     Raises:
         ValueError: shape mismatch, non-finite observed ``y``, non-positive ``noise``,
-            non-boolean ``mask``.
+            non-boolean ``mask``, ``parallel`` not a bool.
     """
-    if not isinstance(parallel, bool):
-        raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
-    n = model.transitions.shape[0]
-    y_arr, r, w = _prepare_data(n, y, noise, mask, model.process_covs.dtype)
+    _check_parallel(parallel)
+    n, p = model.transitions.shape[0], model.H.shape[0]
+    y_arr, r, w = _prepare_data(n, p, y, noise, mask, model.process_covs.dtype)
     if parallel:
         return _filter_parallel(model, y_arr, r, w)
-    return _filter_sequential(model, y_arr, r, w)
+    return _filter_sequential(_model_steps(model), y_arr, r, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,18 +708,18 @@ def _smoother_gain(A: Array, Q: Array, m: Array, P: Array) -> tuple[Array, Array
     return mp, Pp, G
 
 
-def _smoother_sequential(model: StateSpaceModel, fr: FilterResult) -> SmootherResult:
+def _smoother_sequential(steps: _Steps, fr: FilterResult) -> SmootherResult:
     def step(carry, inputs):
         ms_next, Ps_next = carry
-        A, Q, m, P = inputs
+        x, m, P = inputs
+        A, Q = steps.transition(x)
         mp, Pp, G = _smoother_gain(A, Q, m, P)
         ms = m + _mv(G, ms_next - mp)
         Ps = _sym(P + _mm(_mm(G, Ps_next - Pp), G.T))
         return (ms, Ps), (ms, Ps)
 
     init = (fr.means[-1], fr.covs[-1])
-    xs = (model.transitions[1:], model.process_covs[1:], fr.means[:-1], fr.covs[:-1])
-    _, (ms, Ps) = jax.lax.scan(step, init, xs, reverse=True)
+    _, (ms, Ps) = jax.lax.scan(step, init, (steps.xs, fr.means[:-1], fr.covs[:-1]), reverse=True)
     means = jnp.concatenate([ms, fr.means[-1:]], axis=0)
     covs = jnp.concatenate([Ps, fr.covs[-1:]], axis=0)
     return SmootherResult(means=means, covs=covs)
@@ -557,6 +735,18 @@ def _smoother_element(A, Q, m, P):
     return E, g, L
 
 
+def _smoothing_elements(model: StateSpaceModel, fr: FilterResult) -> tuple[Array, Array, Array]:
+    """All ``(E_k, g_k, L_k)``, the last one ``(0, m_n, P_n)``."""
+    ms, Ps = fr.means, fr.covs
+    E, g, L = jax.vmap(_smoother_element)(
+        model.transitions[1:], model.process_covs[1:], ms[:-1], Ps[:-1]
+    )
+    E = jnp.concatenate([E, jnp.zeros_like(Ps[:1])], axis=0)
+    g = jnp.concatenate([g, ms[-1:]], axis=0)
+    L = jnp.concatenate([L, Ps[-1:]], axis=0)
+    return E, g, L
+
+
 def _smoother_combine(later, earlier):
     """(E_i, g_i, L_i) ⊗ (E_j, g_j, L_j), i = ``earlier``, j = ``later`` (reverse scan order)."""
     Ej, gj, Lj = later
@@ -565,14 +755,8 @@ def _smoother_combine(later, earlier):
 
 
 def _smoother_parallel(model: StateSpaceModel, fr: FilterResult) -> SmootherResult:
-    ms, Ps = fr.means, fr.covs
-    E, g, L = jax.vmap(_smoother_element)(
-        model.transitions[1:], model.process_covs[1:], ms[:-1], Ps[:-1]
-    )
-    E = jnp.concatenate([E, jnp.zeros_like(Ps[:1])], axis=0)
-    g = jnp.concatenate([g, ms[-1:]], axis=0)
-    L = jnp.concatenate([L, Ps[-1:]], axis=0)
-    _, means, covs = jax.lax.associative_scan(jax.vmap(_smoother_combine), (E, g, L), reverse=True)
+    elems = _smoothing_elements(model, fr)
+    _, means, covs = jax.lax.associative_scan(jax.vmap(_smoother_combine), elems, reverse=True)
     return SmootherResult(means=means, covs=covs)
 
 
@@ -595,8 +779,7 @@ def rts_smoother(
         :class:`SmootherResult` ``(means (n, d), covs (n, d, d))``. Cost :math:`O(n d^3)`
         time, :math:`O(n d^2)` memory.
     """
-    if not isinstance(parallel, bool):
-        raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
+    _check_parallel(parallel)
     n = model.transitions.shape[0]
     if filter_result.means.shape[0] != n or filter_result.covs.shape[0] != n:
         raise ValueError(
@@ -605,7 +788,29 @@ def rts_smoother(
         )
     if parallel:
         return _smoother_parallel(model, filter_result)
-    return _smoother_sequential(model, filter_result)
+    return _smoother_sequential(_model_steps(model), filter_result)
+
+
+def _filter_smooth(
+    steps: _Steps, y: Array, r: Array, w: Array | None, parallel: bool
+) -> SmootherResult:
+    """Filter and smoother of prepared data: lazy transitions inside the scans (sequential) or
+    materialized arrays (parallel)."""
+    if parallel:
+        model = steps.materialize()
+        return _smoother_parallel(model, _filter_parallel(model, y, r, w))
+    return _smoother_sequential(steps, _filter_sequential(steps, y, r, w))
+
+
+def _marginals(H: Array, sr: SmootherResult, idx: Any = None) -> PosteriorMarginals:
+    """:math:`H m^s_k` and :math:`\\operatorname{diag}(H P^s_k H^\\top)`, squeezed to ``(n,)``
+    for scalar observations; rows ``idx`` only if given."""
+    means, covs = (sr.means, sr.covs) if idx is None else (sr.means[idx], sr.covs[idx])
+    mean = jnp.einsum("pi,ni->np", H, means, precision=_HI)
+    var = jnp.einsum("pi,nij,pj->np", H, covs, H, precision=_HI)
+    if H.shape[0] == 1:
+        mean, var = mean[:, 0], var[:, 0]
+    return PosteriorMarginals(mean=mean, variance=jnp.maximum(var, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,10 +831,12 @@ def log_marginal_likelihood(
     :math:`O(n d^3)`, by the Kalman filter of ``kernel.sde()``.
 
     Equal to the dense :math:`-\tfrac12 y^\top (K + R)^{-1} y - \tfrac12 \log|K + R|
-    - \tfrac n2 \log 2\pi` on the observed entries (restricted to ``mask`` if given).
+    - \tfrac n2 \log 2\pi` on the observed entries (restricted to ``mask`` if given). The
+    sequential form computes each transition inside the scan step and keeps no per-step state
+    (:math:`O(1)` memory for the value, :math:`O(n d^2)` for the gradient's residuals).
 
     Args:
-        kernel: Kernel with an exact SDE (Matérn 1/2, 3/2, 5/2, Student-t mixture).
+        kernel: Kernel with an exact SDE (Matérn 1/2, 3/2, 5/2, Student-t mixture, sums).
         times: Strictly increasing times, shape ``(n,)``.
         y: Observations, shape ``(n,)``.
         noise: Noise variances :math:`r_k > 0`, scalar or ``(n,)``.
@@ -640,8 +847,13 @@ def log_marginal_likelihood(
         Scalar log-likelihood, differentiable in the kernel hyperparameters, ``noise`` and
         ``y``.
     """
-    model = from_kernel(kernel, times)
-    return kalman_filter(model, y, noise, mask=mask, parallel=parallel).log_likelihood
+    _check_parallel(parallel)
+    # Q_k unsymmetrized: the predicted P^- = A P A^T + Q is symmetrized in the step anyway.
+    steps = _kernel_steps(kernel, times, symmetrize=parallel)
+    y_arr, r, w = _prepare_data(steps.n, 1, y, noise, mask, steps.H.dtype)
+    if parallel:
+        return _filter_parallel(steps.materialize(), y_arr, r, w).log_likelihood
+    return _filter_sequential(steps, y_arr, r, w, keep_states=False).log_likelihood
 
 
 def posterior_marginals(
@@ -661,13 +873,10 @@ def posterior_marginals(
     :math:`\operatorname{diag}(K - K_{\cdot o}(K_{oo} + R)^{-1}K_{o\cdot})` (``o``: observed).
     Arguments as in :func:`log_marginal_likelihood`. Cost :math:`O(n d^3)`.
     """
-    model = from_kernel(kernel, times)
-    fr = kalman_filter(model, y, noise, mask=mask, parallel=parallel)
-    sr = rts_smoother(model, fr, parallel=parallel)
-    h = model.H[0]
-    mean = jnp.einsum("i,ni->n", h, sr.means, precision=_HI)
-    var = jnp.einsum("i,nij,j->n", h, sr.covs, h, precision=_HI)
-    return PosteriorMarginals(mean=mean, variance=var)
+    _check_parallel(parallel)
+    steps = _kernel_steps(kernel, times)
+    y_arr, r, w = _prepare_data(steps.n, 1, y, noise, mask, steps.H.dtype)
+    return _marginals(steps.H, _filter_smooth(steps, y_arr, r, w, parallel))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,6 +906,13 @@ def _check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
     return shape
 
 
+def _observe(H: Array, xs: Array, shape: tuple[int, ...]) -> Array:
+    """States ``(n, s, d)`` to observations ``(*shape, n)`` (``p = 1``) or ``(*shape, n, p)``."""
+    n, p = xs.shape[0], H.shape[0]
+    f = jnp.einsum("pi,nsi->snp", H, xs, precision=_HI)
+    return f.reshape(shape + ((n,) if p == 1 else (n, p)))
+
+
 def sample_prior(
     key: Array, model: StateSpaceModel, sample_shape: tuple[int, ...] = ()
 ) -> Float[Array, "*sample n"]:
@@ -716,8 +932,9 @@ def sample_prior(
         sample_shape: Static leading shape of independent draws.
 
     Returns:
-        Samples of :math:`f`, shape ``(*sample_shape, n)``. Cost :math:`O(S n d^2 + n d^3)`
-        time (:math:`S` draws), :math:`O(S n d)` memory; sequential ``lax.scan`` over time,
+        Samples of :math:`f`, shape ``(*sample_shape, n)`` (``(*sample_shape, n, p)`` for a
+        ``(p, d)`` measurement matrix with ``p > 1``). Cost :math:`O(S n d^2 + n d^3)` time
+        (:math:`S` draws), :math:`O(S n d)` memory; sequential ``lax.scan`` over time,
         vectorized over draws.
     """
     shape = _check_sample_shape(sample_shape)
@@ -734,8 +951,7 @@ def sample_prior(
         return x_new, x_new
 
     _, xs = jax.lax.scan(step, jnp.zeros((s, d), Q.dtype), (A, noise))  # (n, s, d)
-    f = jnp.einsum("i,nsi->sn", model.H[0], xs, precision=_HI)
-    return f.reshape(shape + (n,))
+    return _observe(model.H, xs, shape)
 
 
 def _affine_combine(later, earlier):
@@ -748,10 +964,10 @@ def _affine_combine(later, earlier):
 def sample_posterior(
     key: Array,
     model: StateSpaceModel,
-    y: Float[ArrayLike, " n"],
-    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"],
+    y: Float[ArrayLike, " n"] | Float[ArrayLike, "n p"],
+    noise: Float[ArrayLike, ""] | Float[ArrayLike, " n"] | Float[ArrayLike, "n p"],
     *,
-    mask: Bool[ArrayLike, " n"] | None = None,
+    mask: Bool[ArrayLike, " n"] | Bool[ArrayLike, "n p"] | None = None,
     sample_shape: tuple[int, ...] = (),
     parallel: bool = False,
 ) -> Float[Array, "*sample n"]:
@@ -770,9 +986,10 @@ def sample_posterior(
     Args:
         key: A JAX PRNG key.
         model: :class:`StateSpaceModel` over :math:`n` times.
-        y: Observations, shape ``(n,)``; anything (NaN included) where ``mask`` is false.
-        noise: Noise variances :math:`r_k > 0`, scalar or ``(n,)``.
-        mask: Optional boolean ``(n,)``, true where observed.
+        y: Observations, shape ``(n,)`` or ``(n, p)``; anything (NaN included) where ``mask``
+            is false.
+        noise: Noise variances :math:`r_k > 0`, scalar, ``(n,)`` or ``(n, p)``.
+        mask: Optional boolean ``(n,)`` or ``(n, p)``, true where observed.
         sample_shape: Static leading shape of independent draws.
         parallel: Static. ``False``: sequential filter and backward ``lax.scan``. ``True``:
             parallel filter (:func:`kalman_filter`) and the backward affine recursion
@@ -781,23 +998,17 @@ def sample_posterior(
             (:math:`O(\log n)` depth).
 
     Returns:
-        Samples of :math:`f`, shape ``(*sample_shape, n)``. Cost :math:`O(n d^3 + S n d^2)`
-        time, :math:`O(n d^2 + S n d)` memory.
+        Samples of :math:`f`, shape ``(*sample_shape, n)`` (``(*sample_shape, n, p)`` when
+        ``p > 1``). Cost :math:`O(n d^3 + S n d^2)` time, :math:`O(n d^2 + S n d)` memory.
 
     Raises:
         ValueError: as :func:`kalman_filter`; a bad ``sample_shape``.
     """
     shape = _check_sample_shape(sample_shape)
     fr = kalman_filter(model, y, noise, mask=mask, parallel=parallel)
-    ms, Ps = fr.means, fr.covs
-    n, d = ms.shape
-    dtype = Ps.dtype
-    E, g, L = jax.vmap(_smoother_element)(
-        model.transitions[1:], model.process_covs[1:], ms[:-1], Ps[:-1]
-    )
-    E = jnp.concatenate([E, jnp.zeros((1, d, d), dtype)], axis=0)
-    g = jnp.concatenate([g, ms[-1:]], axis=0)
-    L = jnp.concatenate([L, Ps[-1:]], axis=0)
+    n, d = fr.means.shape
+    dtype = fr.covs.dtype
+    E, g, L = _smoothing_elements(model, fr)
     s = int(np.prod(shape, dtype=np.int64))
     eps = jax.random.normal(key, (n, s, d), dtype=dtype)
     c = g[:, None, :] + jnp.einsum("nij,nsj->nsi", jax.vmap(_psd_sqrt)(L), eps, precision=_HI)
@@ -811,8 +1022,7 @@ def sample_posterior(
             return x, x
 
         _, xs = jax.lax.scan(step, jnp.zeros((s, d), dtype), (E, c), reverse=True)
-    f = jnp.einsum("i,nsi->sn", model.H[0], xs, precision=_HI)
-    return f.reshape(shape + (n,))
+    return _observe(model.H, xs, shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -845,7 +1055,7 @@ def predict(
     repeated; results follow their order. Variances are clipped at zero against round-off.
 
     Args:
-        kernel: Kernel with an exact SDE (Matérn 1/2, 3/2, 5/2, Student-t mixture).
+        kernel: Kernel with an exact SDE (Matérn 1/2, 3/2, 5/2, Student-t mixture, sums).
         times: Strictly increasing data times, shape ``(n,)``. Must be concrete (not traced):
             the merge is done on the host, and fixes the shapes.
         y: Observations, shape ``(n,)``; may be traced.
@@ -862,18 +1072,12 @@ def predict(
         ValueError: traced ``times``/``new_times``; ``new_times`` not 1-D, empty or not
             finite; and every check of :func:`kalman_filter`.
     """
-    if not isinstance(parallel, bool):
-        raise ValueError(f"`parallel` must be a Python bool (static); got {parallel!r}.")
+    _check_parallel(parallel)
     if not (is_concrete(times) and is_concrete(new_times)):
         raise ValueError(
             "`times` and `new_times` must be concrete arrays (not traced under jit/vmap): the "
             "merged time grid is built on the host. Close over them instead of passing them "
             "as traced arguments; `y`, `noise` and the kernel may be traced."
-        )
-    if not hasattr(kernel, "sde"):
-        raise ValueError(
-            f"`kernel` must have an exact state-space form (a `sde()` method); got "
-            f"{type(kernel).__name__}."
         )
     t = _check_times(times)
     n = t.shape[0]
@@ -888,21 +1092,12 @@ def predict(
     grid = np.union1d(t_np, new_np)  # sorted, unique in the working dtype
     idx_data = np.searchsorted(grid, t_np)
     idx_new = np.searchsorted(grid, new_np)
-    model = from_kernel(kernel, grid)
-    y_arr, r, w = _prepare_data(n, y, noise, mask, model.process_covs.dtype)
+    steps = _kernel_steps(kernel, grid)
+    wdt = steps.H.dtype
+    y_arr, r, w = _prepare_data(n, 1, y, noise, mask, wdt)
     N = grid.shape[0]
-    wdt = model.process_covs.dtype
-    y_full = jnp.zeros((N,), wdt).at[idx_data].set(y_arr)
-    r_full = jnp.ones((N,), wdt).at[idx_data].set(r)
-    w_full = jnp.zeros((N,), wdt).at[idx_data].set(w)
-    if parallel:
-        fr = _filter_parallel(model, y_full, r_full, w_full)
-        sr = _smoother_parallel(model, fr)
-    else:
-        fr = _filter_sequential(model, y_full, r_full, w_full)
-        sr = _smoother_sequential(model, fr)
-    h = model.H[0]
-    idx = jnp.asarray(idx_new)
-    mean = jnp.einsum("i,mi->m", h, sr.means[idx], precision=_HI)
-    var = jnp.einsum("i,mij,j->m", h, sr.covs[idx], h, precision=_HI)
-    return PosteriorMarginals(mean=mean, variance=jnp.maximum(var, 0.0))
+    y_full = jnp.zeros((N, 1), wdt).at[idx_data].set(y_arr)
+    r_full = jnp.ones((N, 1), wdt).at[idx_data].set(r)
+    w_full = jnp.zeros((N, 1), wdt).at[idx_data].set(1.0 if w is None else w)
+    sr = _filter_smooth(steps, y_full, r_full, w_full, parallel)
+    return _marginals(steps.H, sr, jnp.asarray(idx_new))

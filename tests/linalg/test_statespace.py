@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 from jax.test_util import check_grads
 
 from bayeslr.gp import RBF, Matern12, Matern32, Matern52
@@ -478,3 +479,163 @@ def test_closed_form_rejects_a_rate_that_is_not_matern(x64):
     sde = Matern32(1.0, 0.5).sde()
     with pytest.raises(ValueError, match=r"rate.*nilpotent"):
         ss.discretize(sde, jnp.array([0.1, 0.2]), rate=1.0)
+
+
+# ------------------------------------------------------------------ vector observations
+
+
+def _dense_value_and_slope(kernel, t):
+    """Dense joint covariance of (f(t_k), f'(t_k)), interleaved as (n, 2) -> 2n."""
+    with jax.enable_x64(True):
+        tt = jnp.asarray(t, jnp.float64)
+        blocks = [[kernel.derivative(tt, tt, i, j) for j in range(2)] for i in range(2)]
+    n = len(t)
+    K = np.zeros((n, 2, n, 2))
+    for i in range(2):
+        for j in range(2):
+            K[:, i, :, j] = np.asarray(blocks[i][j])
+    return K.reshape(2 * n, 2 * n)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_vector_observations_match_dense(parallel, x64, rng):
+    """H = I on a Matérn-3/2 state observes (f, f') per time: the filter's log-likelihood and
+    the smoothed marginals equal the dense joint GP with derivative covariance blocks, with
+    missing single components and per-component noise."""
+    n = 40
+    t, _, _, _ = _data(rng, n, span=6.0)
+    k = Matern32(variance=VAR, lengthscale=LS)
+    K = _dense_value_and_slope(k, t)
+    r = rng.uniform(0.05, 0.3, (n, 2))
+    f = np.linalg.cholesky(K + 1e-9 * np.eye(2 * n)) @ rng.standard_normal(2 * n)
+    y = f.reshape(n, 2) + np.sqrt(r) * rng.standard_normal((n, 2))
+    mask = rng.uniform(size=(n, 2)) < 0.7
+    mask[0] = True
+    y_nan = np.where(mask, y, np.nan)
+    model = ss.from_kernel(k, t, H=jnp.eye(2))
+    fr = ss.kalman_filter(model, y_nan, r, mask=mask, parallel=parallel)
+    o = mask.reshape(-1)
+    ll_ref, mean_ref, var_ref = _dense_from_joint(K, y.reshape(-1), r.reshape(-1), o)
+    np.testing.assert_allclose(fr.log_likelihood, ll_ref, rtol=1e-9)
+    sr = ss.rts_smoother(model, fr, parallel=parallel)
+    np.testing.assert_allclose(sr.means.reshape(-1), mean_ref, rtol=1e-7, atol=1e-9)
+    covs = np.asarray(sr.covs)
+    np.testing.assert_allclose(
+        np.stack([covs[:, 0, 0], covs[:, 1, 1]], 1).reshape(-1), var_ref, rtol=1e-7, atol=1e-9
+    )
+    # a mask of whole time steps (n,) is the same as masking both components
+    rows = mask.all(axis=1)
+    rows[0] = True
+    a = ss.kalman_filter(model, y, r, mask=rows, parallel=parallel).log_likelihood
+    b = ss.kalman_filter(model, y, r, mask=np.repeat(rows[:, None], 2, 1), parallel=parallel)
+    np.testing.assert_allclose(a, b.log_likelihood, rtol=1e-12)
+
+
+def _dense_from_joint(K, y, r, o):
+    Koo = K[np.ix_(o, o)] + np.diag(r[o])
+    c = np.linalg.cholesky(Koo)
+    alpha = np.linalg.solve(c.T, np.linalg.solve(c, y[o]))
+    ll = -0.5 * y[o] @ alpha - np.log(np.diag(c)).sum() - 0.5 * o.sum() * np.log(2 * np.pi)
+    mean = K[:, o] @ alpha
+    v = np.linalg.solve(c, K[:, o].T)
+    return ll, mean, np.diag(K) - np.sum(v * v, axis=0)
+
+
+def test_vector_observation_of_one_row_equals_scalar(x64, rng):
+    """A (1, d) H given explicitly reproduces the scalar filter; a (2, d) H with the second row
+    never observed reproduces it too (the missing component adds nothing)."""
+    t, y, r, _ = _data(rng, 30)
+    k = Matern52(variance=VAR, lengthscale=LS)
+    ref = ss.log_marginal_likelihood(k, t, y, r)
+    m1 = ss.from_kernel(k, t, H=jnp.array([[1.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(ss.kalman_filter(m1, y, r).log_likelihood, ref, rtol=1e-12)
+    H2 = jnp.array([[1.0, 0.0, 0.0], [0.3, 1.0, 0.0]])
+    Y = np.stack([y, np.full_like(y, np.nan)], 1)
+    mask = np.stack([np.ones_like(y, bool), np.zeros_like(y, bool)], 1)
+    m2 = ss.from_kernel(k, t, H=H2)
+    for parallel in (False, True):
+        ll = ss.kalman_filter(m2, Y, np.stack([r, r], 1), mask=mask, parallel=parallel)
+        np.testing.assert_allclose(ll.log_likelihood, ref, rtol=1e-10)
+    draws = ss.sample_posterior(jax.random.key(0), m2, Y, 0.1, mask=mask, sample_shape=(3,))
+    assert draws.shape == (3, 30, 2)
+    assert ss.sample_prior(jax.random.key(1), m2, (4,)).shape == (4, 30, 2)
+
+
+def test_vector_observation_bad_input(x64, rng):
+    t, y, _, _ = _data(rng, 10)
+    k = Matern32(variance=VAR, lengthscale=LS)
+    with pytest.raises(ValueError, match=r"`H` must be a measurement matrix of shape \(p, 2\)"):
+        ss.from_kernel(k, t, H=jnp.eye(3))
+    model = ss.from_kernel(k, t, H=jnp.eye(2))
+    with pytest.raises(ValueError, match=r"`y` must have one vector of 2 values per time"):
+        ss.kalman_filter(model, y, 0.1)
+    with pytest.raises(ValueError, match=r"`noise` must be a scalar or have shape \(10,\) or"):
+        ss.kalman_filter(model, np.zeros((10, 2)), np.ones((10, 3)))
+    with pytest.raises(ValueError, match=r"`mask` must have shape \(10,\) or \(10, 2\)"):
+        ss.kalman_filter(model, np.zeros((10, 2)), 0.1, mask=np.ones((10, 3), bool))
+    scalar = ss.from_kernel(k, t)
+    with pytest.raises(ValueError, match=r"`noise` must be a scalar or have shape \(10,\)"):
+        ss.kalman_filter(scalar, y, np.ones((10, 2)))
+
+
+# ------------------------------------------------------------------ sums and approximate RBF
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["seq", "par"])
+def test_sum_kernel_matches_dense(parallel, x64, rng):
+    """A sum of Matérn kernels (block-diagonal SDE, per-state closed-form rates) gives the
+    dense GP's log-likelihood and posterior; the closed form equals the expm transition."""
+    t, y, r, mask = _data(rng, 120)
+    k = Matern32(variance=VAR, lengthscale=LS) + Matern12(variance=0.4, lengthscale=3.0)
+    assert np.asarray(k.rate).shape == (3,)
+    K = np.asarray(k(jnp.asarray(t), jnp.asarray(t)))
+    ll_ref, mean_ref, var_ref = _dense_from_joint(K, y, r, mask)
+    ll = ss.log_marginal_likelihood(k, t, y, r, mask=mask, parallel=parallel)
+    np.testing.assert_allclose(ll, ll_ref, rtol=1e-9)
+    pm = ss.posterior_marginals(k, t, y, r, mask=mask, parallel=parallel)
+    np.testing.assert_allclose(pm.mean, mean_ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(pm.variance, var_ref, rtol=1e-7, atol=1e-9)
+    dt = jnp.diff(jnp.asarray(t))
+    closed = ss.discretize(k.sde(), dt, rate=k.rate)
+    expm = ss.discretize(k.sde(), dt)
+    np.testing.assert_allclose(closed[0], expm[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(closed[1], expm[1], rtol=1e-9, atol=1e-12)
+
+
+def test_sum_kernel_component_posterior(x64, rng):
+    """The smoother state of a sum holds each component: H_j padded by zeros reads its
+    posterior mean, which equals the dense K_j (K + R)^{-1} y, and the parts add up."""
+    t, y, r, _ = _data(rng, 60)
+    k1, k2 = Matern52(variance=VAR, lengthscale=LS), Matern12(variance=0.3, lengthscale=0.2)
+    k = k1 + k2
+    model = ss.from_kernel(k, t)
+    sr = ss.rts_smoother(model, ss.kalman_filter(model, y, r))
+    H = np.asarray(model.H)[0]
+    tt = jnp.asarray(t)
+    alpha = np.linalg.solve(np.asarray(k(tt, tt)) + np.diag(r), y)
+    parts = []
+    for sl, kj in zip(k.component_slices(), (k1, k2), strict=True):
+        hj = np.zeros_like(H)
+        hj[sl] = H[sl]
+        part = np.asarray(sr.means) @ hj
+        np.testing.assert_allclose(part, np.asarray(kj(tt, tt)) @ alpha, rtol=1e-7, atol=1e-9)
+        parts.append(part)
+    np.testing.assert_allclose(parts[0] + parts[1], np.asarray(sr.means) @ H, rtol=1e-12)
+
+
+def test_approximate_rbf_state_space(x64, rng):
+    """RBF(...).sde(order=N) through from_sde: the filter equals the dense GP of the implied
+    (approximate) covariance exactly, and the exact RBF GP within the approximation error."""
+    t, y, r, _ = _data(rng, 80, span=6.0)
+    k = RBF(variance=VAR, lengthscale=LS)
+    sde = k.sde(order=6)
+    model = ss.from_sde(sde, t)
+    ll = ss.kalman_filter(model, y, r).log_likelihood
+    F, P, h = np.asarray(sde.F), np.asarray(sde.Pinf), np.asarray(sde.H)[0]
+    tau = np.abs(t[:, None] - t[None, :])
+    K_approx = np.vectorize(lambda s: h @ scipy.linalg.expm(F * s) @ P @ h)(tau)
+    ll_approx, _, _ = _dense_from_joint(K_approx, y, r, np.ones(len(t), bool))
+    np.testing.assert_allclose(ll, ll_approx, rtol=1e-8)
+    K_exact = np.asarray(k(jnp.asarray(t), jnp.asarray(t)))
+    ll_exact, _, _ = _dense_from_joint(K_exact, y, r, np.ones(len(t), bool))
+    assert abs(float(ll) - ll_exact) / abs(ll_exact) < 1e-2
