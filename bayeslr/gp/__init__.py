@@ -13,8 +13,9 @@ that makes inference fast:
   :math:`S(\omega) = \int k(\tau) e^{-i\omega\tau} d\tau` in angular frequency, for spectral
   initialisation, random features and Whittle-type likelihoods;
 * **state space:** ``sde()`` gives the exact linear SDE :math:`(F, L, Q_c, H, P_\infty)` where one
-  exists. With it, ``bayeslr.linalg.statespace`` runs a Kalman filter in :math:`O(N)` instead of
-  the :math:`O(N^3)` dense solve;
+  exists (``RBF.sde(order=N)``: an :math:`N`-state approximation). With it,
+  ``bayeslr.linalg.statespace`` runs a Kalman filter in :math:`O(N)` instead of the
+  :math:`O(N^3)` dense solve;
 * **grids:** :class:`ProductKernel` multiplies 1-D kernels across the axes of a Cartesian grid
   and returns the per-axis Gram factors :math:`K_1, \dots, K_d`. Its covariance is the
   Kronecker product :math:`K_1\otimes\dots\otimes K_d`, and ``bayeslr.linalg.kron`` solves with
@@ -29,14 +30,17 @@ Which kernel to use
   second order in :math:`\tau` only, and the SDE has 2 states.
 * :class:`Matern12`: the Ornstein–Uhlenbeck / exponential kernel. Paths are continuous but not
   differentiable, and the SDE has 1 state. Its derivatives exist only off the diagonal.
-* :class:`RBF`: very smooth signals on small dense problems. It has every derivative but no exact
-  SDE, so use it on grids or with dense solves.
+* :class:`RBF`: very smooth signals. It has every derivative but no exact SDE: use it on grids or
+  with dense solves, or with the approximate SDE ``sde(order=6)`` (6 states, covariance error
+  0.3 % of the variance).
 * :class:`SpectralMixture`: Gaussian-mixture spectrum (Wilson & Adams 2013). Use it for
   periodic, quasi-periodic or high-frequency structure with unknown frequencies. It has no
   exact SDE.
 * :class:`StudentTMixture`: Student-t (Matérn) mixture spectrum, made of Matérn × cosine
   components. It is GP-HM's StM kernel, for high-frequency and multi-scale solutions. It has
   heavier spectral tails than the spectral mixture and an exact quasi-periodic SDE.
+* :class:`SumKernel` (``k1 + k2``): independent additive components, e.g. a trend plus a rough
+  part. Its SDE stacks the components' SDEs block-diagonally.
 * :class:`ProductKernel`: one 1-D kernel per grid axis, for Kronecker-structured models
   (GP-HM on collocation grids, spatio-temporal grids).
 
@@ -55,6 +59,7 @@ from bayeslr.gp.kernels import (
     SpectralMixture,
     StationaryKernel,
     StudentTMixture,
+    SumKernel,
 )
 
 __all__ = [
@@ -66,5 +71,6 @@ __all__ = [
     "RBF",
     "SpectralMixture",
     "StudentTMixture",
+    "SumKernel",
     "ProductKernel",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -21,6 +22,7 @@ from bayeslr.gp import (
     ProductKernel,
     SpectralMixture,
     StudentTMixture,
+    SumKernel,
 )
 
 # Factories, so that hyperparameters are built inside the dtype context of each test.
@@ -33,6 +35,10 @@ KERNELS = {
     "stm12": lambda: StudentTMixture([0.7, 0.4], [0.3, 1.1], [1.2, 0.8], nu=0.5),
     "stm32": lambda: StudentTMixture([0.7, 0.4], [0.3, 1.1], [1.2, 0.8], nu=1.5),
     "stm52": lambda: StudentTMixture([0.7, 0.4], [0.3, 1.1], [1.2, 0.8]),
+    "sum": lambda: Matern32(0.8, 0.6) + Matern52(1.1, 0.9) + RBF(0.5, 1.5),
+    "sum_sde": lambda: SumKernel(
+        Matern12(0.3, 2.0), Matern32(0.8, 0.6), StudentTMixture([0.7], [0.3], [1.2])
+    ),
 }
 MAX_ORDER = {
     "matern12": 4,
@@ -43,10 +49,24 @@ MAX_ORDER = {
     "stm12": 4,
     "stm32": 2,
     "stm52": 4,
+    "sum": 2,
+    "sum_sde": 2,
 }
 SMOOTH = {"rbf", "sm"}  # no |tau| anywhere: autodiff is valid at tau = 0 too
-ROUGH = {"matern12", "stm12"}  # kink at 0: odd derivatives jump, derivative Grams not PSD
-WITH_SDE = ["matern12", "matern32", "matern52", "stm12", "stm32", "stm52"]
+ROUGH = {"matern12", "stm12", "sum_sde"}  # kink at 0: odd derivatives jump, Grams not PSD
+# exact SDEs and their state dimensions
+STATE_DIM = {
+    "matern12": 1,
+    "matern32": 2,
+    "matern52": 3,
+    "stm12": 4,
+    "stm32": 8,
+    "stm52": 12,
+    "sum_sde": 1 + 2 + 6,
+}
+WITH_SDE = list(STATE_DIM)
+# max_tau |k_N(tau) - k(tau)| / variance of RBF.sde(order=N), as documented in RBF.sde
+RBF_SDE_ERROR = {2: 1.407e-1, 4: 1.701e-2, 6: 2.994e-3, 8: 6.003e-4, 10: 1.284e-4, 12: 2.852e-5}
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -251,8 +271,7 @@ def test_sde_reproduces_kernel(name, dtype):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     F, L, Qc, H, P = sde
     d = F.shape[0]
-    m = {"12": 1, "32": 2, "52": 3}[name[-2:]]
-    assert d == (m if name.startswith("matern") else 2 * m * 2)
+    assert d == STATE_DIM[name]
     assert L.shape == (d, Qc.shape[0]) and H.shape == (1, d) and P.shape == (d, d)
     # Pinf solves the Lyapunov equation F P + P F^T + L Qc L^T = 0 and is SPD
     # residual in NumPy at the array's precision (jnp matmuls would use TF32 on GPUs)
@@ -269,7 +288,7 @@ def test_sde_reproduces_kernel(name, dtype):
     _assert_close(cov, kern.k(jnp.asarray(taus, dtype)), dtype, rtol_scale=10.0)
 
 
-@pytest.mark.parametrize("name", ["rbf", "sm"])
+@pytest.mark.parametrize("name", ["rbf", "sm", "sum"])
 def test_sde_unavailable(name):
     with pytest.raises(ValueError, match="state-space"):
         KERNELS[name]().sde()
@@ -435,6 +454,316 @@ def test_check_grads_product_kernel(x64):
 
 def _stack_factors(factors):
     return jnp.concatenate([f.ravel() for f in factors])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums of kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def _matern_sum():
+    return Matern12(1.3, 0.7) + Matern32(0.8, 0.6) + Matern52(1.1, 0.9)
+
+
+def test_sum_is_the_sum_of_its_components(dtype):
+    parts = (Matern32(0.8, 0.6), RBF(0.5, 1.5), KERNELS["stm52"]())
+    kern = parts[0] + parts[1] + parts[2]
+    assert isinstance(kern, SumKernel) and kern.components == parts  # `+` flattens
+    assert kern.max_order == 2
+    x1 = jnp.asarray([-0.9, -0.2, 0.35, 1.4], dtype)
+    x2 = jnp.asarray([-0.5, 0.1, 0.35], dtype)
+
+    def views(k):
+        grams = [k.derivative(x1, x2, i, j) for i in range(3) for j in range(3) if i + j <= 2]
+        tau = x1[:, None] - x2[None, :]
+        return grams, k.diag(x1), k.spectral_density(x1 * 4.0), k.dk(tau, 2)
+
+    # one compilation for the sum and its parts (the named Gram methods are tested generically)
+    got, *refs = jax.jit(lambda ks: [views(k) for k in ks])((kern, *parts))
+    for leaf, *ref_leaves in zip(
+        jax.tree.leaves(got), *(jax.tree.leaves(r) for r in refs), strict=True
+    ):
+        assert leaf.dtype == dtype
+        _assert_close(leaf, sum(np.asarray(r, np.float64) for r in ref_leaves), dtype)
+    # eager twin, and the sum as a ProductKernel factor
+    _assert_close(kern(x1, x2), got[0][0], dtype)
+    pk = ProductKernel((kern, Matern52(1.0, 0.5)))
+    axes = (x1, x2)
+    _assert_close(pk.gram(axes)[0], kern(x1, x1), dtype)
+
+
+def test_sum_flattening_and_nesting():
+    a, b, c, d = Matern12(1.0, 1.0), Matern32(1.0, 1.0), Matern52(1.0, 1.0), RBF(1.0, 1.0)
+    assert (a + b).components == (a, b)
+    assert ((a + b) + (c + d)).components == (a, b, c, d)
+    assert (a + (b + c)).components == (a, b, c)
+    nested = SumKernel(SumKernel(a, b), c)  # explicit nesting is kept, and still works
+    assert len(nested.components) == 2 and nested.max_order == 2
+    x = jnp.linspace(0.0, 1.0, 4)
+    np.testing.assert_allclose(nested(x), (a + b + c)(x), rtol=1e-6)
+    np.testing.assert_allclose(nested.rate, (a + b + c).rate, rtol=1e-6)
+    assert nested.component_slices() == (slice(0, 3), slice(3, 6))
+
+
+def test_sum_pytree_jit_vmap():
+    kern = _matern_sum()
+    leaves, treedef = jax.tree_util.tree_flatten(kern)
+    assert len(leaves) == 6
+    rebuilt = treedef.unflatten(leaves)
+    assert isinstance(rebuilt, SumKernel) and [type(c) for c in rebuilt.components] == [
+        Matern12,
+        Matern32,
+        Matern52,
+    ]
+    x = jnp.linspace(-1.0, 1.0, 5)
+    np.testing.assert_allclose(rebuilt(x), kern(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda k: k(x))(kern), kern(x), rtol=1e-5, atol=1e-6)
+    # built inside vmap, with batched lengthscales
+    ells = jnp.asarray([0.5, 1.0, 2.0])
+    grams = jax.vmap(lambda ell: (Matern32(1.0, ell) + RBF(0.5, 2.0 * ell))(x))(ells)
+    for g, ell in zip(grams, ells, strict=True):
+        ref = Matern32(1.0, float(ell))(x) + RBF(0.5, 2.0 * float(ell))(x)
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+    rates = jax.vmap(lambda ell: (Matern32(1.0, ell) + Matern12(1.0, ell)).rate)(ells)
+    np.testing.assert_allclose(rates[:, 0], math.sqrt(3.0) / ells, rtol=1e-6)
+    np.testing.assert_allclose(rates[:, 2], 1.0 / ells, rtol=1e-6)
+
+
+def test_sum_gradient_is_sum_of_component_gradients(x64):
+    parts = (Matern32(0.8, 0.6), Matern52(1.1, 0.9), KERNELS["stm52"]())
+    kern = SumKernel(*parts)
+    x = jnp.linspace(-1.0, 1.0, 5)
+
+    def loss(k):
+        return jnp.sum(jnp.sin(k(x, x))) + jnp.sum(k.d_x_xp(x, x) ** 2)
+
+    g = jax.grad(loss)(kern)
+    assert isinstance(g, SumKernel)
+
+    # d/dtheta_j of F(sum_i K_i) = F'(K) : dK_j/dtheta_j: component j's gradient with the others
+    # frozen, checked by central finite differences on each leaf
+    leaves, treedef = jax.tree_util.tree_flatten(kern)
+    leaves = [jnp.asarray(v, jnp.float64) for v in leaves]
+    grads = jax.tree_util.tree_leaves(g)
+    loss_of_leaves = jax.jit(lambda ls: loss(treedef.unflatten(ls)))
+    for i, (v, gv) in enumerate(zip(leaves, grads, strict=True)):
+        v = np.asarray(v, np.float64)
+        for idx in np.ndindex(v.shape):
+            h = 1e-6 * max(1.0, abs(float(v[idx])))
+            up, dn = v.copy(), v.copy()
+            up[idx] += h
+            dn[idx] -= h
+            f_up = loss_of_leaves(leaves[:i] + [jnp.asarray(up)] + leaves[i + 1 :])
+            f_dn = loss_of_leaves(leaves[:i] + [jnp.asarray(dn)] + leaves[i + 1 :])
+            fd = (float(f_up) - float(f_dn)) / (2 * h)
+            np.testing.assert_allclose(np.asarray(gv)[idx], fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "build,exc,match",
+    [
+        (lambda: SumKernel(Matern32(1.0, 1.0)), ValueError, r"at least 2.*got 1"),
+        (lambda: SumKernel(), ValueError, r"`components`.*got 0"),
+        (lambda: SumKernel(Matern32(1.0, 1.0), "rbf"), ValueError, r"`components\[1\]`.*str"),
+        (
+            lambda: SumKernel(ProductKernel((RBF(1.0, 1.0),)), Matern12(1.0, 1.0)),
+            ValueError,
+            r"`components\[0\]`.*ProductKernel",
+        ),
+        (lambda: Matern32(1.0, 1.0) + 1.0, TypeError, "unsupported operand"),
+        (lambda: (Matern32(1.0, 1.0) + RBF(1.0, 1.0)).dk(0.1, 3), ValueError, "Matern32"),
+    ],
+)
+def test_sum_bad_input(build, exc, match):
+    with pytest.raises(exc, match=match):
+        build()
+
+
+def test_sum_sde_is_block_diagonal_and_reproduces_kernel(dtype):
+    kern = _matern_sum()
+    sde = jax.jit(lambda k: k.sde())(kern)
+    assert all(a.dtype == dtype for a in sde)
+    F, L, Qc, H, P = (np.asarray(a, np.float64) for a in sde)
+    assert F.shape == (6, 6) and L.shape == (6, 3) and Qc.shape == (3, 3) and H.shape == (1, 6)
+    slices = kern.component_slices()
+    assert slices == (slice(0, 1), slice(1, 3), slice(3, 6))
+    for j, (comp, sl) in enumerate(zip(kern.components, slices, strict=True)):
+        ref = comp.sde()
+        _assert_close(F[sl, sl], ref.F, dtype)
+        _assert_close(P[sl, sl], ref.Pinf, dtype)
+        _assert_close(H[:, sl], ref.H, dtype)
+        _assert_close(L[sl, j : j + 1], ref.L, dtype)
+        _assert_close(Qc[j, j], ref.Qc[0, 0], dtype)
+        off = np.ones(6, bool)
+        off[sl] = False
+        assert not np.any(F[sl][:, off]) and not np.any(P[sl][:, off])
+    noise = L @ Qc @ L.T
+    lyap = F @ P + P @ F.T + noise
+    assert float(np.max(np.abs(lyap))) < 10 * _tol(dtype) * float(np.max(np.abs(noise)))
+    _assert_psd(P, dtype)
+    taus = np.linspace(0.0, 4.0, 17)
+    cov = [(H @ scipy.linalg.expm(F * t) @ P @ H.T)[0, 0] for t in taus]
+    ref = np.asarray(kern.k(jnp.asarray(taus, dtype)), np.float64)
+    atol = 1e-10 if dtype == jnp.float64 else 1e-5
+    np.testing.assert_allclose(cov, ref, rtol=0, atol=atol)
+    # H_j padded with zeros picks out component j
+    for comp, sl in zip(kern.components, slices, strict=True):
+        Hj = np.zeros_like(H)
+        Hj[:, sl] = H[:, sl]
+        cov_j = [(Hj @ scipy.linalg.expm(F * t) @ P @ Hj.T)[0, 0] for t in taus]
+        np.testing.assert_allclose(cov_j, comp.k(taus), rtol=0, atol=atol)
+
+
+def test_sum_rate_vector_makes_f_nilpotent(dtype):
+    kern = _matern_sum()
+    rate = kern.rate
+    assert rate.shape == (6,) and rate.dtype == dtype
+    comps = kern.components
+    want = [comps[0].rate] + [comps[1].rate] * 2 + [comps[2].rate] * 3
+    _assert_close(rate, want, dtype)
+    F = np.asarray(kern.sde().F, np.float64)
+    N = F + np.diag(np.asarray(rate, np.float64))
+    # nilpotent block by block: the largest block has 3 states
+    assert np.max(np.abs(np.linalg.matrix_power(N, 3))) < 100 * _tol(dtype) * np.max(np.abs(F)) ** 3
+    assert np.max(np.abs(np.linalg.matrix_power(N, 2))) > 0.1  # and not trivially so
+    np.testing.assert_allclose(jax.jit(lambda k: k.rate)(kern), rate, rtol=1e-6)
+
+
+def test_sum_rate_absent_without_matern_rates():
+    stm = StudentTMixture([0.7], [0.3], [1.2])
+    kern = Matern32(1.0, 1.0) + stm
+    assert getattr(kern, "rate", None) is None
+    with pytest.raises(AttributeError, match=r"`components\[1\]` \(StudentTMixture\)"):
+        _ = kern.rate
+    assert getattr(Matern32(1.0, 1.0) + RBF(1.0, 1.0), "rate", None) is None
+    # the SDE is exact all the same
+    sde = kern.sde()
+    assert sde.F.shape == (2 + 6, 2 + 6)
+    assert kern.component_slices() == (slice(0, 2), slice(2, 8))
+
+
+def test_sum_sde_with_rbf_and_errors(x64):
+    kern = Matern12(1.0, 0.5) + RBF(0.7, 2.0)
+    with pytest.raises(ValueError, match=r"`components\[1\]` \(RBF\).*order=N"):
+        kern.sde()
+    with pytest.raises(ValueError, match=r"`components\[0\]` \(SpectralMixture\)"):
+        (KERNELS["sm"]() + Matern12(1.0, 1.0)).sde()
+    with pytest.raises(ValueError, match="`order` applies only"):
+        _matern_sum().sde(order=6)
+    with pytest.raises(ValueError, match="order"):
+        kern.sde(order=0)
+    F, _, Qc, H, P = kern.sde(order=6)
+    assert F.shape == (7, 7) and Qc.shape == (2, 2)
+    assert kern.component_slices(6) == (slice(0, 1), slice(1, 7))
+    taus = np.linspace(0.0, 6.0, 13)
+    cov = [(H @ scipy.linalg.expm(np.asarray(F) * t) @ P @ H.T)[0, 0] for t in taus]
+    assert np.max(np.abs(np.asarray(cov) - kern.k(taus))) < 1.01 * RBF_SDE_ERROR[6] * 0.7
+
+
+# ---------------------------------------------------------------------------------------------
+# Approximate state-space form of the RBF kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def _rbf_sde_covariance(sde, dt, n):
+    """H expm(F tau) Pinf H^T at tau = 0, dt, ..., (n - 1) dt (float64, one expm)."""
+    F, P, H = (np.asarray(a, np.float64) for a in (sde.F, sde.Pinf, sde.H))
+    step = scipy.linalg.expm(F * dt)
+    col, out = P @ H[0], []
+    for _ in range(n):
+        out.append(H[0] @ col)
+        col = step @ col
+    return np.array(out)
+
+
+@pytest.mark.parametrize("order", [2, 6, 10])
+def test_rbf_sde_lyapunov_and_covariance(order, dtype):
+    variance, ell = 1.3, 0.4
+    kern = RBF(variance, ell)
+    sde = jax.jit(lambda k: k.sde(order))(kern)
+    assert isinstance(sde, SDE) and all(a.dtype == dtype for a in sde)
+    F, L, Qc, H, P = (np.asarray(a) for a in sde)
+    assert F.shape == (order, order) and L.shape == (order, 1) and Qc.shape == (1, 1)
+    np.testing.assert_array_equal(H, np.eye(order)[:1])
+    np.testing.assert_array_equal(L, np.eye(order)[:, -1:])
+    if dtype == jnp.float64:
+        for a, b in zip(kern.sde(order), sde, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    noise = L @ Qc @ L.T
+    lyap = F @ P + P @ F.T + noise
+    assert float(np.max(np.abs(lyap))) < 10 * _tol(dtype) * float(np.max(np.abs(noise)))
+    _assert_psd(P, dtype)
+    assert np.all(np.linalg.eigvals(F.astype(np.float64)).real < 0)  # stable
+    taus = np.arange(161) * 0.05 * ell
+    err = np.abs(_rbf_sde_covariance(sde, 0.05 * ell, 161) - np.asarray(kern.k(taus), np.float64))
+    assert err.max() <= variance * RBF_SDE_ERROR[order] * 1.01 + 10 * _tol(dtype), err.max()
+    assert err.max() >= variance * RBF_SDE_ERROR[order] * 0.99  # it is an approximation
+    assert np.argmax(err) == 0  # worst at tau = 0, as documented
+
+
+def test_rbf_sde_error_table_and_decrease(x64):
+    """The documented table, independent of variance and lengthscale; error falls with N."""
+    errors = []
+    for order in sorted(RBF_SDE_ERROR):
+        for variance, ell in [(1.0, 1.0), (2.5, 0.03), (0.2, 40.0)]:
+            kern = RBF(variance, ell)
+            taus = np.arange(201) * 0.05 * ell
+            cov = _rbf_sde_covariance(kern.sde(order), 0.05 * ell, 201)
+            err = np.max(np.abs(cov - np.asarray(kern.k(taus)))) / variance
+            np.testing.assert_allclose(err, RBF_SDE_ERROR[order], rtol=2e-3)
+        errors.append(err)
+    assert all(b < a / 3 for a, b in itertools.pairwise(errors))
+
+
+def _sde_spectral_density(sde, omegas):
+    """Qc |H (i w I - F)^{-1} L|^2 for each w."""
+    F, L, Qc, H = sde.F, sde.L, sde.Qc, sde.H
+    eye = jnp.eye(F.shape[0], dtype=F.dtype)
+    transfer = jax.vmap(lambda w: H @ jnp.linalg.solve(1j * w * eye - F, L.astype(complex)))
+    t = transfer(omegas)[:, 0, 0]
+    return Qc[0, 0] * jnp.abs(t) ** 2
+
+
+@pytest.mark.parametrize("order", [1, 3, 6, 12])
+def test_rbf_sde_spectral_density_is_taylor(order, x64):
+    variance, ell = 0.7, 0.3
+    sde = RBF(variance, ell).sde(order)
+    omegas = jnp.asarray([0.0, 0.5, 2.0, 3.3, 7.0, 15.0, 40.0])
+    u2 = (ell * omegas) ** 2 / 2.0
+    taylor = sum(u2**n / math.factorial(n) for n in range(order + 1))
+    want = variance * math.sqrt(2.0 * math.pi) * ell / taylor
+    F, L, Qc, H = (np.asarray(a) for a in (sde.F, sde.L, sde.Qc, sde.H))
+    resolvent = np.linalg.inv(1j * np.asarray(omegas)[:, None, None] * np.eye(order) - F)
+    got = Qc[0, 0] * np.abs((H @ resolvent @ L)[:, 0, 0]) ** 2
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_rbf_sde_gradients(x64):
+    omegas = jnp.asarray([0.0, 1.0, 4.0])
+
+    def f(variance, ell):
+        sde = RBF(variance, ell).sde(6)
+        return jnp.concatenate([_sde_spectral_density(sde, omegas), sde.Pinf.ravel()])
+
+    args = (jnp.asarray(1.3), jnp.asarray(0.4))
+    check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=1e-6)
+    g = jax.grad(lambda ell: jnp.sum(RBF(1.0, ell).sde(8).F ** 2))(0.5)
+    assert bool(jnp.isfinite(g)) and float(g) < 0  # F ~ 1/ell
+
+
+@pytest.mark.parametrize(
+    "order,exc,match",
+    [
+        (None, ValueError, r"Pass `order=N`.*3\.0e-3 for N=6"),
+        (0, ValueError, r"`order` must be an int in 1\.\.12.*got order=0"),
+        (13, ValueError, r"`order` must be an int in 1\.\.12.*got order=13"),
+        (6.0, TypeError, r"`order` must be a Python int.*float"),
+        (True, TypeError, r"`order` must be a Python int.*bool"),
+    ],
+)
+def test_rbf_sde_bad_order(order, exc, match):
+    with pytest.raises(exc, match=match):
+        RBF(1.0, 1.0).sde(order)
 
 
 # ---------------------------------------------------------------------------------------------
