@@ -11,11 +11,11 @@ Use this layer when a covariance has structure that dense algebra throws away:
 * :mod:`bayeslr.linalg.statespace` — a Matérn-type GP on sorted, irregular times is a
   linear-Gaussian state-space model: Kalman filter, RTS smoother and log marginal likelihood in
   :math:`O(n d^3)`, sequential (``lax.scan``) or parallel (``lax.associative_scan``) by a static
-  ``parallel`` flag; per-time noise and missing observations.
+  ``parallel`` flag; per-time noise, missing observations and vector observations.
 * :mod:`bayeslr.linalg.operators` — the operator protocol (``matvec``, ``solve``, ``logdet``,
-  ``diag``, ``sqrt_matvec``/``sample``, ``to_dense``) with dense, Kronecker and
-  Kronecker-plus-diagonal implementations. Models hold an operator and never branch on
-  structure.
+  ``diag``, ``sqrt_matvec``/``sample``, ``to_dense``) with dense, Kronecker,
+  Kronecker-plus-diagonal and state-space (Gauss–Markov GP) implementations. Models hold an
+  operator and never branch on structure.
 
 Grid arrays are shaped ``(n_1, ..., n_d, *batch)``; flattening is row-major, matching
 ``jnp.kron``. Nothing here enables float64: pass float64 arrays (after
@@ -52,6 +52,7 @@ from bayeslr.linalg.operators import (
     KroneckerOperator,
     KroneckerPlusDiagOperator,
     LinearOperator,
+    StateSpaceOperator,
     StaticMask,
 )
 from bayeslr.linalg.statespace import (
@@ -90,6 +91,7 @@ __all__ = [
     "DenseOperator",
     "KroneckerOperator",
     "KroneckerPlusDiagOperator",
+    "StateSpaceOperator",
     "StaticMask",
     "statespace",
     "StateSpaceModel",
