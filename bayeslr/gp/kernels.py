@@ -1147,6 +1147,16 @@ class StudentTMixture(_Mixture):
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_kernel_items(name: str, kernels: Sequence[Any]) -> None:
+    """``TypeError`` naming ``name[j]`` unless every item is a :class:`StationaryKernel`."""
+    for j, kern in enumerate(kernels):
+        if not isinstance(kern, StationaryKernel):
+            raise TypeError(
+                f"`{name}[{j}]` must be a StationaryKernel (e.g. Matern52(1.0, 0.5)); got "
+                f"{kern!r} of type {type(kern).__name__}."
+            )
+
+
 def _summands(kernel: StationaryKernel) -> tuple[StationaryKernel, ...]:
     """The components of a sum (flattening ``+``), or the kernel itself."""
     return kernel.components if isinstance(kernel, SumKernel) else (kernel,)
@@ -1194,8 +1204,8 @@ class SumKernel(StationaryKernel):
         *components: Two or more :class:`StationaryKernel` s :math:`k_1, \dots, k_J`.
 
     Raises:
-        ValueError: fewer than two components, or a component that is not a
-            :class:`StationaryKernel`.
+        ValueError: fewer than two components.
+        TypeError: a component that is not a :class:`StationaryKernel`.
 
     Cost: the sum of the components' costs.
     """
@@ -1208,12 +1218,7 @@ class SumKernel(StationaryKernel):
                 "`components` must be at least 2 StationaryKernel arguments "
                 f"(SumKernel(k1, k2, ...)); got {len(components)}: {components!r}."
             )
-        for j, kern in enumerate(components):
-            if not isinstance(kern, StationaryKernel):
-                raise ValueError(
-                    f"`components[{j}]` must be a StationaryKernel (e.g. Matern52(1.0, 0.5)); "
-                    f"got {kern!r} of type {type(kern).__name__}."
-                )
+        _check_kernel_items("components", components)
         object.__setattr__(self, "components", tuple(components))
 
     @property
@@ -1370,11 +1375,7 @@ class ProductKernel:
                 "`kernels` must be a non-empty tuple of StationaryKernel (one per axis); got "
                 f"{kernels!r}."
             )
-        for j, kern in enumerate(kernels):
-            if not isinstance(kern, StationaryKernel):
-                raise TypeError(
-                    f"`kernels[{j}]` must be a StationaryKernel; got {type(kern).__name__}."
-                )
+        _check_kernel_items("kernels", kernels)
         object.__setattr__(self, "kernels", kernels)
 
     @property
