@@ -38,6 +38,7 @@ from jaxtyping import Array
 
 from bayeslr._validation import check_finite, check_ndim, check_positive
 from bayeslr.linalg import kron, statespace
+from bayeslr.linalg._small import matmul
 
 __all__ = [
     "LinearOperator",
@@ -52,8 +53,7 @@ __all__ = [
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _mm(a: Array, b: Array) -> Array:
-    return jnp.matmul(a, b, precision=_HI)
+_mm = matmul  # tiny per-step products stay fused inside lax.scan (see linalg._small)
 
 
 class StaticMask:

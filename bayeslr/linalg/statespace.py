@@ -122,6 +122,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from bayeslr._validation import check_finite, check_ndim, check_positive, is_concrete
+from bayeslr.linalg._small import matmul, matvec
 
 __all__ = [
     "StateSpaceModel",
@@ -193,12 +194,9 @@ def _sym(p: Array) -> Array:
     return 0.5 * (p + jnp.swapaxes(p, -1, -2))
 
 
-def _mm(a: Array, b: Array) -> Array:
-    return jnp.matmul(a, b, precision=_HI)
-
-
-def _mv(a: Array, x: Array) -> Array:
-    return jnp.matmul(a, x[..., None], precision=_HI)[..., 0]
+# Tiny per-step products: fused broadcast-sums where XLA:CPU would call a runtime dot.
+_mm = matmul
+_mv = matvec
 
 
 def _check_times(times: Any) -> Array:
@@ -537,8 +535,8 @@ def _update(mp: Array, Pp: Array, H: Array, y: Array, r: Array, w: Array | None,
         else:
             r_eff = r
         ph = _mv(Pp, h)
-        s = jnp.dot(h, ph, precision=_HI) + (r if w is None else r_eff + (1.0 - w))
-        v = y - jnp.dot(h, mp, precision=_HI)
+        s = _mm(h, ph) + (r if w is None else r_eff + (1.0 - w))
+        v = y - _mm(h, mp)
         k = ph / s
         ikh = eye - jnp.outer(k, h)
         P = _sym(_mm(_mm(ikh, Pp), ikh.T) + r_eff * jnp.outer(k, k))  # Joseph form
@@ -555,7 +553,7 @@ def _update(mp: Array, Pp: Array, H: Array, y: Array, r: Array, w: Array | None,
     m = mp + _mv(K, v)
     ikh = eye - _mm(K, Hw)
     P = _sym(_mm(_mm(ikh, Pp), ikh.T) + _mm(K * (w * r), K.T))  # Joseph form
-    quad = jnp.dot(v, solve(v), precision=_HI)
+    quad = _mm(v, solve(v))
     return m, P, -0.5 * (jnp.sum(w) * _LOG_2PI + logdet + quad)
 
 
@@ -947,7 +945,7 @@ def sample_prior(
 
     def step(x, inputs):
         Ak, qk = inputs
-        x_new = jnp.matmul(x, Ak.T, precision=_HI) + qk
+        x_new = _mm(x, Ak.T) + qk
         return x_new, x_new
 
     _, xs = jax.lax.scan(step, jnp.zeros((s, d), Q.dtype), (A, noise))  # (n, s, d)
@@ -958,7 +956,7 @@ def _affine_combine(later, earlier):
     """Backward affine recursion x_k = E_k x_{k+1} + c_k: compose two steps (reverse scan)."""
     Ej, cj = later
     Ei, ci = earlier
-    return _mm(Ei, Ej), jnp.matmul(cj, jnp.swapaxes(Ei, -1, -2), precision=_HI) + ci
+    return _mm(Ei, Ej), _mm(cj, jnp.swapaxes(Ei, -1, -2)) + ci
 
 
 def sample_posterior(
@@ -1018,7 +1016,7 @@ def sample_posterior(
 
         def step(x_next, inputs):
             Ek, ck = inputs
-            x = jnp.matmul(x_next, Ek.T, precision=_HI) + ck
+            x = _mm(x_next, Ek.T) + ck
             return x, x
 
         _, xs = jax.lax.scan(step, jnp.zeros((s, d), dtype), (E, c), reverse=True)
