@@ -7,12 +7,15 @@ way through inference. Subpackages, lowest layer first:
 * :mod:`bayeslr.gp` — stationary kernels with derivatives, spectra, SDE forms; product kernels.
 * :mod:`bayeslr.distributions` — NumPyro distributions that keep the structure
   (:class:`~bayeslr.distributions.KroneckerNormal`, :class:`~bayeslr.distributions.GaussMarkovGP`).
+* :mod:`bayeslr.infer` — ``fit(model, *args, method=...)`` (NumPyro NUTS, BlackJAX NUTS, SVI)
+  returning a :class:`~bayeslr.infer.Posterior` with ``predict`` and ``to_arviz``; pluggable
+  variational objectives.
 * :mod:`bayeslr.datasets` — real data that ship offline, and synthetic generators.
 
 Importing bayeslr computes and compiles nothing.
 """
 
-from bayeslr import datasets, distributions, gp, linalg
+from bayeslr import datasets, distributions, gp, infer, linalg
 from bayeslr.distributions import GaussMarkovGP, KroneckerNormal
 from bayeslr.gp import (
     RBF,
@@ -22,7 +25,9 @@ from bayeslr.gp import (
     ProductKernel,
     SpectralMixture,
     StudentTMixture,
+    SumKernel,
 )
+from bayeslr.infer import Posterior, fit
 
 __version__ = "0.1.0.dev0"
 
@@ -32,6 +37,9 @@ __all__ = [
     "gp",
     "distributions",
     "datasets",
+    "infer",
+    "fit",
+    "Posterior",
     "KroneckerNormal",
     "GaussMarkovGP",
     "Matern12",
@@ -40,5 +48,6 @@ __all__ = [
     "RBF",
     "SpectralMixture",
     "StudentTMixture",
+    "SumKernel",
     "ProductKernel",
 ]

@@ -151,6 +151,17 @@ class CpuMonitor:
         return max(0.0, other) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
+def run_details(monitor: CpuMonitor, repeats: int) -> dict[str, str]:
+    """The run facts every results file records: repeats and the other processes' CPU share."""
+    other = monitor.share()
+    return {
+        "repeats": str(repeats),
+        "CPU used by other processes during the run": "n/a"
+        if other is None
+        else f"{100 * other:.0f}% of all cores",
+    }
+
+
 def _busy_seconds() -> float | None:
     try:
         with open("/proc/stat") as fh:

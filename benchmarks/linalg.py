@@ -76,6 +76,7 @@ from _common import (
     fmt_x,
     machine_info,
     markdown_table,
+    run_details,
     time_jax,
     time_jax_interleaved,
     write_markdown,
@@ -484,13 +485,7 @@ def main(argv=None) -> int:
                         breakdown(shape2d, repeats),
                     )
                 )
-        other = monitor.share()
-        extra = {
-            "repeats": str(repeats),
-            "CPU used by other processes during the run": "n/a"
-            if other is None
-            else f"{100 * other:.0f}% of all cores",
-        }
+        extra = run_details(monitor, repeats)
         pv = peer_versions(gp_recs)
         extra["GPyTorch peer"] = pv or (gp_note or "n/a")
         info.update(extra)

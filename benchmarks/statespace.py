@@ -56,6 +56,7 @@ from _common import (
     fmt_s,
     machine_info,
     markdown_table,
+    run_details,
     time_jax,
     write_markdown,
 )
@@ -395,15 +396,7 @@ def main(argv=None) -> int:
                     breakdown(100_000, repeats),
                 )
             )
-        other = monitor.share()
-        info.update(
-            {
-                "repeats": str(repeats),
-                "CPU used by other processes during the run": "n/a"
-                if other is None
-                else f"{100 * other:.0f}% of all cores",
-            }
-        )
+        info.update(run_details(monitor, repeats))
         notes = (
             "Objective: log N(y | 0, K + σ_n² I), Matérn-3/2 k(τ) = σ²(1 + √3|τ|/ℓ)e^{-√3|τ|/ℓ}, "
             "ℓ = 5, σ² = 1, σ_n² = 0.1; gradient w.r.t. (log ℓ, log σ², log σ_n²). Times "
