@@ -619,7 +619,12 @@ class VariationalObjective(numpyro.infer.ELBO):
         return jax.vmap(replaced)(jnp.arange(k))
 
     def _bound(self, t: ParticleTerms, step) -> Array:
-        raise NotImplementedError
+        r"""The bound to maximize from the per-particle terms. Default: the linear bound
+        :math:`\frac1K\sum_k [a \log p(x|z_k) + \beta(\log p(z_k) - \log q(z_k))]` with
+        ``(a, β) = _linear_coeffs(step)`` (the ELBO, or the β-ELBO); the non-linear objectives
+        override it."""
+        a, beta = self._linear_coeffs(step)
+        return jnp.mean(a * t.log_lik + beta * (t.log_prior - t.log_guide))
 
 
 def _sum_sites(tr, dims) -> Array:

@@ -473,3 +473,11 @@ def test_non_scalar_fn_and_large_enum_and_missing_site():
 
     with pytest.raises(ValueError, match="not sampled by the guide"):
         ELBO().loss(jax.random.key(0), {}, model, empty_guide, X)
+
+
+def test_linear_bound_from_particle_terms():
+    """The base class's bound of the linear objectives: mean of a·log_lik + β(log_prior −
+    log_guide) over particles (ELBO: a = β = 1; BetaELBO: β)."""
+    t = O.ParticleTerms(jnp.array([1.0, 2.0]), jnp.array([0.5, 0.0]), jnp.array([0.1, 0.2]))
+    np.testing.assert_allclose(ELBO()._bound(t, None), 1.6, rtol=1e-6)
+    np.testing.assert_allclose(O.BetaELBO(beta=0.5)._bound(t, None), 1.55, rtol=1e-6)
