@@ -52,7 +52,8 @@ class GaussMarkovGP(Distribution):
         noise: Observation-noise variances :math:`r_k > 0`, scalar or shape ``(n,)``.
         mask: Optional concrete boolean ``(n,)``, true where observed. ``log_prob`` is then the
             marginal density of the observed entries (values at the others are ignored and may
-            be NaN); ``sample`` still draws all ``n`` entries.
+            be NaN); ``sample`` still draws all ``n`` entries. Stored as the attribute
+            ``observed`` (``Distribution.mask()`` is NumPyro's masking method).
         parallel: Static Python bool; ``True`` runs the filter by ``lax.associative_scan``
             (:math:`O(\log n)` depth, for long series on accelerators).
 
@@ -67,7 +68,7 @@ class GaussMarkovGP(Distribution):
     """
 
     arg_constraints: dict[str, Any] = {}
-    pytree_data_fields = ("kernel", "times", "noise", "mask")
+    pytree_data_fields = ("kernel", "times", "noise", "observed")
     pytree_aux_fields = ("parallel",)
     reparametrized_params = ["kernel", "noise"]
     support = constraints.real_vector
@@ -105,7 +106,7 @@ class GaussMarkovGP(Distribution):
         self.kernel = kernel
         self.times = t
         self.noise = noise_arr
-        self.mask = mask
+        self.observed = mask  # not `.mask`: that is numpyro.Distribution.mask(), used by handlers
         self.parallel = parallel
         super().__init__(batch_shape=(), event_shape=(n,), validate_args=validate_args)
 
@@ -151,7 +152,7 @@ class GaussMarkovGP(Distribution):
 
         def one(y):
             return ss.log_marginal_likelihood(
-                self.kernel, self.times, y, self.noise, mask=self.mask, parallel=self.parallel
+                self.kernel, self.times, y, self.noise, mask=self.observed, parallel=self.parallel
             )
 
         flat = value.reshape((-1, n))
@@ -184,7 +185,12 @@ class GaussMarkovGP(Distribution):
             )
         if new_times is None:
             return ss.posterior_marginals(
-                self.kernel, self.times, value, self.noise, mask=self.mask, parallel=self.parallel
+                self.kernel,
+                self.times,
+                value,
+                self.noise,
+                mask=self.observed,
+                parallel=self.parallel,
             )
         return ss.predict(
             self.kernel,
@@ -192,6 +198,6 @@ class GaussMarkovGP(Distribution):
             value,
             self.noise,
             new_times,
-            mask=self.mask,
+            mask=self.observed,
             parallel=self.parallel,
         )

@@ -187,3 +187,29 @@ def test_bad_input_raises():
         GaussMarkovGP(k, t, 0.1, parallel=1)
     with pytest.raises(ValueError, match=r"`value` must have shape \(\*batch, 4\)"):
         GaussMarkovGP(k, t, 0.1).log_prob(np.zeros(5))
+
+
+def test_numpyro_mask_handler_and_fit_predictive(rng):
+    """`Distribution.mask()` is NumPyro's method (used by handlers and `Predictive`), not
+    shadowed by the data mask: `handlers.mask` works, and `fit(..., "svi")` builds its
+    posterior predictive through it."""
+    from numpyro import handlers
+
+    from bayeslr.infer import fit
+
+    t = np.sort(rng.uniform(0.0, 5.0, 40))
+    y = np.sin(t) + 0.1 * rng.standard_normal(40)
+    d = GaussMarkovGP(Matern32(1.0, 0.5) + Matern12(0.1, 0.05), t, 0.05)
+    masked = d.mask(False)
+    assert float(masked.log_prob(jnp.asarray(y))) == 0.0
+    with handlers.trace() as tr, handlers.seed(rng_seed=0), handlers.mask(mask=False):
+        numpyro.sample("y", d, obs=jnp.asarray(y))
+    assert float(tr["y"]["fn"].log_prob(jnp.asarray(y))) == 0.0
+
+    def model(t, y=None):
+        s2 = numpyro.sample("s2", dist.HalfNormal(1.0))
+        numpyro.sample("y", GaussMarkovGP(Matern32(s2, 0.5), t, 0.05), obs=y)
+
+    post = fit(model, t, y, method="svi", num_steps=50, num_samples=20, progress_bar=False)
+    pred = post.predict(t)["y"]
+    assert pred.shape == (20, 40) and np.all(np.isfinite(pred))
