@@ -10,12 +10,13 @@ way through inference. Subpackages, lowest layer first:
 * :mod:`bayeslr.infer` — ``fit(model, *args, method=...)`` (NumPyro NUTS, BlackJAX NUTS, SVI)
   returning a :class:`~bayeslr.infer.Posterior` with ``predict`` and ``to_arviz``; pluggable
   variational objectives.
+* :mod:`bayeslr.models` — the model library (so far: :class:`~bayeslr.models.KroneckerSBL`).
 * :mod:`bayeslr.datasets` — real data that ship offline, and synthetic generators.
 
 Importing bayeslr computes and compiles nothing.
 """
 
-from bayeslr import datasets, distributions, gp, infer, linalg
+from bayeslr import datasets, distributions, gp, infer, linalg, models
 from bayeslr.distributions import GaussMarkovGP, KroneckerNormal
 from bayeslr.gp import (
     RBF,
@@ -38,6 +39,7 @@ __all__ = [
     "distributions",
     "datasets",
     "infer",
+    "models",
     "fit",
     "Posterior",
     "KroneckerNormal",

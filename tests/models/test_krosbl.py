@@ -1,0 +1,237 @@
+"""KroSBL: factored E-step vs dense, EM monotonicity, exact recovery, complex, batching, errors."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayeslr.infer.posterior import Posterior
+from bayeslr.models.krosbl import (
+    KroneckerSBL,
+    _dense_estep,
+    krosbl_em,
+    krosbl_estep,
+    krosbl_sample,
+)
+
+
+def _kron(mats):
+    out = mats[0]
+    for m in mats[1:]:
+        out = np.kron(out, m)
+    return out
+
+
+def _dict(rng, ms, ns, complex_=False):
+    if complex_:
+        return [
+            (rng.standard_normal((m, n)) + 1j * rng.standard_normal((m, n))) / np.sqrt(2)
+            for m, n in zip(ms, ns, strict=True)
+        ]
+    return [rng.standard_normal((m, n)) for m, n in zip(ms, ns, strict=True)]
+
+
+def _dense_reference(y, a, gamma, s2):
+    """Explicit Σ = Γ - ΓA^H Σ_y^{-1} AΓ, μ = ΓA^H Σ_y^{-1} y and the objective, in numpy."""
+    g = np.diag(gamma)
+    sy = s2 * np.eye(a.shape[0]) + a @ g @ a.conj().T
+    sinv = np.linalg.inv(sy)
+    sigma = g - g @ a.conj().T @ sinv @ a @ g
+    mu = g @ a.conj().T @ sinv @ y
+    obj = np.linalg.slogdet(sy)[1] + np.real(y.conj() @ sinv @ y)
+    return mu, np.real(np.diag(sigma)), obj
+
+
+def _sparse_kron_x(rng, ns, k, complex_=False):
+    parts = []
+    for n in ns:
+        v = np.zeros(n, complex if complex_ else float)
+        idx = rng.choice(n, k, replace=False)
+        vals = rng.standard_normal(k) + (1j * rng.standard_normal(k) if complex_ else 0)
+        v[idx] = np.sign(vals.real) * (1.0 + np.abs(vals))  # bounded away from 0
+        parts.append(v)
+    return _kron([p[:, None] for p in parts]).ravel()
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize(
+    ("ms", "ns"), [((3, 4), (5, 6)), ((2, 3, 4), (4, 3, 5)), ((5, 2, 3), (3, 4, 2))]
+)
+def test_factored_estep_equals_dense(x64, rng, complex_, ms, ns):
+    a = _dict(rng, ms, ns, complex_)
+    gammas = [rng.uniform(0.1, 2.0, n) for n in ns]
+    gammas[0][0] = 0.0  # a pruned entry
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2, complex_) + 0.1 * rng.standard_normal(np.prod(ms))
+    s2 = 0.3
+    est = krosbl_estep(y, a, gammas, s2)
+    mu, var, obj = _dense_reference(y, _kron(a), _kron([g[None] for g in gammas]).ravel(), s2)
+    np.testing.assert_allclose(np.asarray(est.mean), mu, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(est.var), var, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(float(est.objective), obj, rtol=1e-12)
+    # the noise-update pieces: ||y - A mu||^2 and tr(Γ A^H Σ_y^{-1} A)
+    resid2 = np.sum(np.abs(y - _kron(a) @ mu) ** 2)
+    np.testing.assert_allclose(float(est.resid2), resid2, rtol=1e-9)
+    # the dense (classic SBL) E-step on an unstructured gamma agrees too
+    gfull = rng.uniform(0.0, 2.0, int(np.prod(ns)))
+    dense = _dense_estep(jnp.asarray(y), jnp.asarray(_kron(a)), jnp.asarray(gfull), s2)
+    mu2, var2, obj2 = _dense_reference(y, _kron(a), gfull, s2)
+    np.testing.assert_allclose(np.asarray(dense.mean), mu2, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(dense.var), var2, atol=1e-10)
+    np.testing.assert_allclose(float(dense.objective), obj2, rtol=1e-12)
+    gk = _kron([g[None] for g in gammas]).ravel()
+    sy = s2 * np.eye(len(y)) + _kron(a) @ np.diag(gk) @ _kron(a).conj().T
+    trace = len(y) - s2 * np.trace(np.linalg.inv(sy)).real
+    np.testing.assert_allclose(float(est.dof), trace, rtol=1e-9)
+
+
+def test_am_decreases_objective_monotonically(x64, rng):
+    ms, ns = (4, 5, 4), (6, 5, 6)
+    a = _dict(rng, ms, ns)
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.3 * rng.standard_normal(np.prod(ms))
+    res = krosbl_em(y, a, method="am", noise=0.09, prune=0.0, tol=0.0, max_iter=40)
+    obj = np.asarray(res.objective)
+    assert int(res.n_iter) == 40
+    steps = np.diff(obj)
+    assert np.all(steps <= 1e-9 * np.abs(obj[:-1])), steps.max()
+    assert obj[-1] < obj[0] - 1.0  # and it actually moved
+
+
+@pytest.mark.parametrize("method", ["svd", "am"])
+def test_noiseless_recovery_is_exact(x64, rng, method):
+    ns, ms = (8, 8, 8), (6, 6, 6)
+    a = _dict(rng, ms, ns)
+    x = _sparse_kron_x(rng, ns, 2)
+    y = _kron(a) @ x
+    res = krosbl_em(
+        y, a, method=method, noise=1e-12 * np.mean(y**2), max_iter=300, tol=1e-8, prune=1e-6
+    )
+    mu = np.asarray(res.mean)
+    assert np.linalg.norm(mu - x) / np.linalg.norm(x) < 1e-6
+    np.testing.assert_array_equal(np.asarray(res.support), x != 0)
+    assert bool(res.converged)
+
+
+def test_complex_recovery(x64, rng):
+    ns, ms = (8, 6, 8), (6, 5, 6)
+    a = _dict(rng, ms, ns, complex_=True)
+    x = _sparse_kron_x(rng, ns, 2, complex_=True)
+    ax = _kron(a) @ x
+    s2 = np.mean(np.abs(ax) ** 2) / 10**3  # 30 dB
+    noise = np.sqrt(s2 / 2) * (rng.standard_normal(ax.shape) + 1j * rng.standard_normal(ax.shape))
+    res = krosbl_em(ax + noise, a, method="svd", noise=s2)
+    mu = np.asarray(res.mean)
+    assert np.iscomplexobj(mu)
+    assert np.linalg.norm(mu - x) ** 2 / np.linalg.norm(x) ** 2 < 1e-2
+    np.testing.assert_array_equal(np.asarray(res.support), x != 0)
+    # learned noise lands near the truth
+    res_l = krosbl_em(ax + noise, a, method="svd", noise=None)
+    assert 0.3 * s2 < float(res_l.sigma2) < 3 * s2
+
+
+def test_plain_sbl_baseline_and_learned_noise(x64, rng):
+    ns, ms = (6, 6), (5, 6)
+    a = _dict(rng, ms, ns)
+    x = _sparse_kron_x(rng, ns, 2)
+    ax = _kron(a) @ x
+    s2 = np.mean(ax**2) / 1e3
+    y = ax + np.sqrt(s2) * rng.standard_normal(ax.shape)
+    res = krosbl_em(y, a, method="sbl", noise=None)
+    assert res.gammas == ()
+    assert np.linalg.norm(np.asarray(res.mean) - x) ** 2 / np.linalg.norm(x) ** 2 < 2e-2
+    assert np.all(np.isfinite(np.asarray(res.var)))
+
+
+def test_batched_fit_equals_per_y_and_jit(x64, rng):
+    ns, ms = (6, 5, 6), (4, 4, 5)
+    a = _dict(rng, ms, ns)
+    ys = np.stack([_kron(a) @ _sparse_kron_x(rng, ns, 2) for _ in range(2)])
+    ys = ys + 0.05 * rng.standard_normal(ys.shape)
+    batch = krosbl_em(ys, a, method="am", noise=None)
+    assert batch.mean.shape == (2, int(np.prod(ns)))
+    for b in range(2):
+        one = krosbl_em(ys[b], a, method="am", noise=None)
+        np.testing.assert_allclose(np.asarray(batch.mean[b]), np.asarray(one.mean), atol=1e-9)
+        assert int(batch.n_iter[b]) == int(one.n_iter)
+    fn = jax.jit(partial(krosbl_em, method="svd", noise=0.01))
+    jitted = fn(jnp.asarray(ys[0]), [jnp.asarray(f) for f in a])
+    eager = krosbl_em(ys[0], a, method="svd", noise=0.01)
+    np.testing.assert_allclose(np.asarray(jitted.mean), np.asarray(eager.mean), atol=1e-10)
+
+
+def test_estimator_posterior_and_matheron_draws(x64, rng):
+    ns, ms = (4, 3), (3, 3)
+    a = _dict(rng, ms, ns)
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.2 * rng.standard_normal(9)
+    post = KroneckerSBL(method="svd", noise=0.04, num_draws=20).fit(y, a)
+    assert isinstance(post, Posterior)
+    tree = post.to_arviz()
+    assert tree.posterior["x"].dims == ("chain", "draw", "coef")
+    assert "obs" in tree.observed_data["y"].dims
+    ex = post.extra
+    assert len(ex["gamma_change"]) == int(ex["n_iter"])
+    # Matheron draws have the Gaussian posterior's moments (fitted gamma, many draws)
+    draws = np.asarray(krosbl_sample(1, y, a, ex["gamma"], ex["sigma2"], 4000, gammas=ex["gammas"]))
+    mu, var, _ = _dense_reference(y, _kron(a), ex["gamma"], float(ex["sigma2"]))
+    sd = np.sqrt(var.max())
+    np.testing.assert_allclose(draws.mean(0), mu, atol=6 * sd / np.sqrt(4000) + 1e-12)
+    np.testing.assert_allclose(draws.var(0), var, atol=6 * var.max() * np.sqrt(2 / 4000) + 1e-12)
+    dense_draws = np.asarray(krosbl_sample(2, y, a, ex["gamma"], ex["sigma2"], 4000))
+    np.testing.assert_allclose(
+        dense_draws.var(0), var, atol=6 * var.max() * np.sqrt(2 / 4000) + 1e-12
+    )
+    # batched estimator: frame × coef
+    post_b = KroneckerSBL(method="am", noise=0.04, num_draws=5).fit(np.stack([y, -y]), a)
+    assert post_b.samples["x"].shape == (1, 5, 2, 12)
+    assert post_b.to_arviz().posterior["x"].dims == ("chain", "draw", "frame", "coef")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(factors="one"), "factors"),
+        (dict(factors=[np.ones((3, 4))]), "at least 2"),
+        (dict(y=np.ones(7)), "`y` must have shape"),
+        (dict(factors=[np.ones((3, 4)), np.ones(4)]), r"factors\[1\]"),
+        (dict(y=np.r_[np.nan, np.ones(11)]), "`y` must be finite"),
+        (dict(factors=[np.full((3, 4), np.inf), np.ones((4, 5))]), r"factors\[0\]"),
+        (dict(y=np.ones(12) * (1 + 1j)), "complex"),
+        (dict(noise=0.0), "noise"),
+        (dict(noise=-1.0), "noise"),
+        (dict(method="lasso"), "method"),
+        (dict(prune=2.0), "prune"),
+        (dict(max_iter=0), "max_iter"),
+        (dict(y=np.zeros(12), noise=None), "all zeros"),
+    ],
+)
+def test_bad_inputs_raise(kwargs, match):
+    args = dict(y=np.ones(12), factors=[np.ones((3, 4)), np.ones((4, 5))], noise=0.1)
+    args.update(kwargs)
+    y, factors = args.pop("y"), args.pop("factors")
+    err = TypeError if isinstance(factors, str) else ValueError
+    with pytest.raises(err, match=match):
+        krosbl_em(y, factors, **args)
+    if "method" not in args and "prune" not in args and "max_iter" not in args:
+        with pytest.raises(err, match=match):
+            KroneckerSBL(noise=args.get("noise", 0.1)).fit(y, factors)
+
+
+@pytest.mark.parametrize("method", ["svd", "am", "sbl"])
+def test_degenerate_dictionaries_stay_finite(x64, rng, method):
+    ns, ms = (6, 5), (4, 4)
+    a = _dict(rng, ms, ns)
+    a[0][:, 2] = 0.0  # a column of zeros
+    a[1][:, 4] = a[1][:, 1]  # a duplicate column
+    x = _sparse_kron_x(rng, ns, 2)
+    y = _kron(a) @ x + 0.01 * rng.standard_normal(16)
+    for noise in (None, 1e-4):
+        res = krosbl_em(y, a, method=method, noise=noise)
+        for v in (res.mean, res.var, res.gamma, res.sigma2):
+            assert np.all(np.isfinite(np.asarray(v)))
+        assert not np.any(np.asarray(res.support).reshape(ns)[2])  # zero column: no support
+    # M << N: 2x2 measurements of a 10x10 grid
+    a_small = _dict(rng, (2, 2), (10, 10))
+    res = krosbl_em(rng.standard_normal(4), a_small, method=method, noise=None)
+    for v in (res.mean, res.var, res.gamma, res.sigma2):
+        assert np.all(np.isfinite(np.asarray(v)))
