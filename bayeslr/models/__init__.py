@@ -3,9 +3,29 @@
 * :mod:`bayeslr.models.krosbl` — Kronecker-structured sparse Bayesian learning (KroSBL): EM with
   an exact factored E-step for :math:`y = (A_1 \\otimes \\cdots \\otimes A_I) x + n` with a
   Kronecker-structured sparsity prior; use it for sparse recovery with separable dictionaries
-  (multidimensional compressed sensing, MIMO/IRS channel estimation).
+  (multidimensional compressed sensing, MIMO/IRS channel estimation). ``coupling=`` gives the
+  pattern-coupled variant (PC-KroSBL) for clustered supports; :func:`krosbl_model` is the same
+  prior as a NumPyro model for NUTS/SVI through :func:`bayeslr.infer.fit`.
 """
 
-from bayeslr.models.krosbl import KroneckerSBL, KroSBLResult, krosbl_em, krosbl_estep, krosbl_sample
+from bayeslr.models.krosbl import (
+    KroneckerSBL,
+    KroSBLResult,
+    coupling_matrix,
+    krosbl_em,
+    krosbl_estep,
+    krosbl_model,
+    krosbl_sample,
+    nnls,
+)
 
-__all__ = ["KroneckerSBL", "KroSBLResult", "krosbl_em", "krosbl_estep", "krosbl_sample"]
+__all__ = [
+    "KroneckerSBL",
+    "KroSBLResult",
+    "coupling_matrix",
+    "krosbl_em",
+    "krosbl_estep",
+    "krosbl_model",
+    "krosbl_sample",
+    "nnls",
+]

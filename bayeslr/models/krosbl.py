@@ -50,6 +50,37 @@ M-steps on :math:`d = \operatorname{diag}\Sigma + |\mu|^2` (a tensor :math:`D` o
     * ``"sbl"``: :math:`\gamma = d` with a dense E-step (Cholesky of the :math:`M\times M`
       :math:`\Sigma_y`, :math:`O(M^2N)` time, :math:`O(MN)` memory): the baseline.
 
+Pattern coupling (PC-KroSBL, ``coupling=``, ``method="am"``)
+    For factors with clustered (block-sparse) supports the prior variance of factor :math:`i`
+    is :math:`\tilde\gamma_i = C_\beta\gamma_i`, :math:`C_\beta` tridiagonal with 1 on the
+    diagonal and :math:`\beta \in [0, 1)` off it (:func:`coupling_matrix`), so an atom's
+    variance is shared with its neighbours (PC-SBL, Fang et al.). The AM block update of a
+    coupled factor computes the same target :math:`t_i` as AM (with :math:`\tilde\gamma_l` in
+    place of :math:`\gamma_l`), then solves
+
+    .. math::
+        \gamma_i = \arg\min_{g \ge 0} \|C_\beta g - t_i\|^2, \qquad
+        \tilde\gamma_i = 10^{-5}\max(C_\beta\gamma_i) + C_\beta\gamma_i
+
+    by a jittable Lawson–Hanson NNLS (:func:`nnls`); uncoupled factors use plain AM, and the
+    normalisation is unchanged. Pruned entries are removed from the NNLS (rows and columns of
+    :math:`C_\beta`, as the reference drops them) and stay zero. A coupled factor starts at
+    :math:`C_\beta\mathbf 1` times the common start scale (:math:`\gamma_i = 1` up to scale).
+    The reference adds an absolute :math:`10^{-5}` for unit-scale data; relative to the peak
+    it keeps the fit scale-equivariant. The coupled M-step is not an exact EM step (no
+    monotonicity guarantee), and it needs ``method="am"``: the SVD and SBL M-steps have no
+    per-factor block update to couple, so other methods raise a ``ValueError``. Coupling helps
+    when the data are scarce (few measurements per unknown), where it pools the evidence of
+    neighbouring atoms; with plenty of data it mainly leaks some variance to the neighbours of
+    a block.
+
+NumPyro model (:func:`krosbl_model`)
+    The same hierarchy with a proper hyperprior, for NUTS or SVI through
+    :func:`bayeslr.infer.fit` on small real problems. The scale ambiguity
+    :math:`(c\gamma_1)\otimes(\gamma_2/c)` is removed by zero-sum log-factors for
+    :math:`i < I` and a log-normal (or half-Cauchy on :math:`\sqrt{\gamma_I}`) last factor that
+    carries the scale; :math:`x = \sqrt{\gamma}\circ z` is non-centred.
+
 Noise
     Known (``noise=σ²``) or learned: :math:`\sigma^2 \leftarrow (\|y - A\mu\|^2 + \sigma^2
     \operatorname{tr}(\Gamma A^H \Sigma_y^{-1} A))/M`, where in factored form
@@ -60,9 +91,14 @@ Pruning and support
     Entries with :math:`\gamma_i[k] < r \max\gamma_i` are set to zero (a mask: static shapes
     under ``jit``, no recompilation) and stay zero. Pruning saves no arithmetic here (shapes are
     static) but makes EM converge in far fewer iterations, since EM drives irrelevant
-    :math:`\gamma_j` to zero only slowly. Defaults follow the reference: :math:`r = 10^{-3}`
-    for ``"svd"`` and ``"sbl"``, :math:`10^{-2}` for ``"am"`` (whose sweeps converge slowly
-    otherwise); ``prune=0`` disables it.
+    :math:`\gamma_j` to zero only slowly. A pruned entry can never come back (its
+    :math:`d_j = 0`), so an early, aggressive cut loses true atoms of small amplitude and with
+    them a whole slice. Defaults: :math:`r = 10^{-5}` for ``"svd"`` (measured on 40 trials of
+    the paper's setup at 25 dB: catastrophic trials, NMSE > 0.01, fall from 5 to 2 and the
+    support recovery rate rises from 0.85 to 0.94 against the reference's :math:`10^{-3}`, for
+    ~3x more iterations of a millisecond each), :math:`10^{-3}` for ``"sbl"`` and
+    :math:`10^{-2}` for ``"am"`` (whose sweeps converge slowly otherwise); ``prune=0`` disables
+    it.
 
     The support estimate is decided on the posterior, not by the pruning mask nor by a fixed
     fraction of :math:`\max|\hat x|`: with the score :math:`t_j = |\mu_j|/\sqrt{\Sigma_{jj}}`
@@ -93,7 +129,10 @@ Precision
 
 References: Y. He and G. Joseph, "Bayesian algorithms for Kronecker-structured sparse vector
 recovery with application to IRS-MIMO channel estimation", IEEE TSP 2024 (arXiv 2307.14719);
-M. E. Tipping, "Sparse Bayesian learning and the relevance vector machine", JMLR 2001.
+J. Fang, Y. Shen, H. Li and P. Wang, "Pattern-coupled sparse Bayesian learning for recovery of
+block-sparse signals", IEEE TSP 2015; C. L. Lawson and R. J. Hanson, "Solving Least Squares
+Problems", 1974 (NNLS); M. E. Tipping, "Sparse Bayesian learning and the relevance vector
+machine", JMLR 2001.
 """
 
 from __future__ import annotations
@@ -117,7 +156,17 @@ from bayeslr.linalg.kron import (
     kron_outer,
 )
 
-__all__ = ["KroEStep", "KroSBLResult", "KroneckerSBL", "krosbl_em", "krosbl_estep", "krosbl_sample"]
+__all__ = [
+    "KroEStep",
+    "KroSBLResult",
+    "KroneckerSBL",
+    "coupling_matrix",
+    "krosbl_em",
+    "krosbl_estep",
+    "krosbl_model",
+    "krosbl_sample",
+    "nnls",
+]
 
 METHODS = ("svd", "am", "sbl")
 _HI = jax.lax.Precision.HIGHEST
@@ -231,7 +280,7 @@ def _check_problem(y, factors, noise) -> tuple[Array, tuple[Array, ...], bool]:
     return y, factors, len(y_shape) == 2
 
 
-DEFAULT_PRUNE = {"svd": 1e-3, "am": 1e-2, "sbl": 1e-3}
+DEFAULT_PRUNE = {"svd": 1e-5, "am": 1e-2, "sbl": 1e-3}
 
 
 def _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z):
@@ -397,7 +446,8 @@ def _rel_change(new, old):
     return jnp.linalg.norm(new - old) / jnp.where(nrm > 0, nrm, 1.0)
 
 
-def _am_sweep(d, gammas):
+def _am_sweep(d, gammas, cmats=None):
+    """One AM sweep; ``cmats[i]`` is :math:`C_\beta` for a coupled factor (None: plain AM)."""
     gammas = list(gammas)
     for i in range(len(gammas)):
         vecs = [_safe_inv(g) for g in gammas]
@@ -407,22 +457,190 @@ def _am_sweep(d, gammas):
                 count = count * jnp.sum(g > 0)
         count = jnp.maximum(count, 1.0)
         upd = _contract_except(d, vecs, i) / count
-        gammas[i] = jnp.where(gammas[i] > 0, upd, 0.0)
+        if cmats is not None and cmats[i] is not None:
+            gammas[i] = _pc_update(upd, gammas[i] > 0, cmats[i])
+        else:
+            gammas[i] = jnp.where(gammas[i] > 0, upd, 0.0)
     return _normalize(tuple(gammas))
 
 
-def _am_mstep(d, gammas, sweeps, tol):
+def _am_mstep(d, gammas, sweeps, tol, cmats=None):
     def cond(state):
         s, _, change = state
         return (s < sweeps) & (change > tol)
 
     def body(state):
         s, g, _ = state
-        new = _am_sweep(d, g)
+        new = _am_sweep(d, g, cmats)
         return s + 1, new, _rel_change(kron_outer(list(new)), kron_outer(list(g)))
 
     init = (jnp.asarray(0), tuple(gammas), jnp.asarray(jnp.inf, d.dtype))
     return jax.lax.while_loop(cond, body, init)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# pattern coupling (PC-KroSBL)
+
+PC_FLOOR = 1e-5
+
+
+def coupling_matrix(n: int, beta: float) -> np.ndarray:
+    r""":math:`C_\beta`: the :math:`n\times n` tridiagonal matrix with 1 on the diagonal and
+    :math:`\beta` on both off-diagonals (PC-SBL's neighbour coupling).
+
+    Args:
+        n: size :math:`N_i` of the factor.
+        beta: coupling :math:`\beta \in [0, 1)`.
+
+    Returns:
+        ``(n, n)`` float64 NumPy array.
+    """
+    c = np.eye(n)
+    idx = np.arange(n - 1)
+    c[idx, idx + 1] = beta
+    c[idx + 1, idx] = beta
+    return c
+
+
+def nnls(c: ArrayLike, t: ArrayLike, max_iter: int | None = None) -> Array:
+    r"""Non-negative least squares :math:`\arg\min_{g \ge 0} \|C g - t\|^2`, jittable.
+
+    Lawson–Hanson active-set method with static shapes: the passive set :math:`P` is a boolean
+    mask and each least-squares solve on :math:`P` is a full-size solve of the masked normal
+    equations (:math:`Q_{PP}` in the :math:`P` block, identity elsewhere, :math:`Q = C^TC`).
+    Each outer step moves the coordinate with the largest positive gradient
+    :math:`w = C^T(t - Cg)` into :math:`P`; inner steps walk back along the segment to the
+    first coordinate that would turn negative and drop it, until the solve on :math:`P` is
+    positive. Stops at the KKT point (:math:`w_k \le \text{tol}` off :math:`P`) or after
+    ``max_iter`` outer steps (default :math:`3n`, as SciPy). For the small factor sizes of
+    PC-KroSBL (:math:`n = N_i`) this is exact to round-off, where projected gradient would need
+    many iterations on the ill-conditioned :math:`C_\beta` (:math:`\beta \to 1`).
+
+    Args:
+        c: ``(m, n)`` matrix :math:`C`.
+        t: ``(m,)`` target.
+        max_iter: maximum outer (add-a-coordinate) steps; ``None`` gives ``3 n``.
+
+    Returns:
+        ``(n,)`` solution :math:`g \ge 0`. Cost :math:`O(n^3)` per inner step, at most
+        ``max_iter`` outer and :math:`n` inner steps per outer step.
+    """
+    c = jnp.asarray(c)
+    t = jnp.asarray(t, c.dtype)
+    n = c.shape[1]
+    max_iter = 3 * n if max_iter is None else int(max_iter)
+    q = jnp.matmul(c.T, c, precision=_HI)
+    b = jnp.matmul(c.T, t, precision=_HI)
+    eye = jnp.eye(n, dtype=c.dtype)
+    tol = (
+        10.0
+        * max(c.shape)
+        * jnp.finfo(c.dtype).eps
+        * jnp.maximum(jnp.max(jnp.abs(b)), jnp.finfo(c.dtype).tiny)
+    )
+
+    def solve_on(p):
+        qm = jnp.where(p[:, None] & p[None, :], q, eye)
+        return jnp.where(p, jnp.linalg.solve(qm, jnp.where(p, b, 0.0)), 0.0)
+
+    def inner_cond(state):
+        _, p, s, k = state
+        return jnp.any(p & (s <= 0)) & (k < n)
+
+    def inner_body(state):
+        x, p, s, k = state
+        neg = p & (s <= 0)
+        gap = x - s
+        ratio = jnp.where(neg, x / jnp.where(gap > 0, gap, 1.0), jnp.inf)
+        ratio = jnp.where(neg & (gap <= 0), 0.0, ratio)
+        j = jnp.argmin(ratio)
+        x = x + ratio[j] * (s - x)
+        p = p & (x > 0)
+        p = p.at[j].set(False)
+        x = jnp.where(p, x, 0.0)
+        return x, p, solve_on(p), k + 1
+
+    def outer_cond(state):
+        it, _, _, done = state
+        return (it < max_iter) & ~done
+
+    def outer_body(state):
+        it, x, p, _ = state
+        w = b - jnp.matmul(q, x, precision=_HI)
+        cand = jnp.where(p, -jnp.inf, w)
+        j = jnp.argmax(cand)
+        done = cand[j] <= tol
+        p_new = p.at[j].set(True)
+        x_new, p_new, s, _ = jax.lax.while_loop(
+            inner_cond, inner_body, (x, p_new, solve_on(p_new), jnp.asarray(0))
+        )
+        x_new = jnp.where(p_new, s, 0.0)
+        x = jnp.where(done, x, x_new)
+        p = jnp.where(done, p, p_new)
+        return it + 1, x, p, done
+
+    init = (jnp.asarray(0), jnp.zeros(n, c.dtype), jnp.zeros(n, bool), jnp.asarray(False))
+    return jax.lax.while_loop(outer_cond, outer_body, init)[1]
+
+
+def _check_coupling(coupling, n_factors: int | None = None) -> tuple[float | None, ...] | None:
+    """Validate ``coupling``; with ``n_factors`` return one β (or None) per factor."""
+
+    def check_beta(v, name):
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise ValueError(
+                f"`{name}` must be None or a coupling beta in [0, 1); got {v!r} "
+                f"({type(v).__name__})."
+            )
+        if not (np.isfinite(v) and 0.0 <= float(v) < 1.0):
+            raise ValueError(f"`{name}` must be a coupling beta in [0, 1); got {v!r}.")
+        return float(v)
+
+    if coupling is None:
+        return None
+    if isinstance(coupling, (str, bytes)) or not (
+        isinstance(coupling, Sequence)
+        or isinstance(coupling, (int, float, np.integer, np.floating, bool))
+    ):
+        raise ValueError(
+            "`coupling` must be None, a float beta in [0, 1) or a sequence with one beta (or "
+            f"None) per factor; got {coupling!r}."
+        )
+    if not isinstance(coupling, Sequence):
+        beta = check_beta(coupling, "coupling")
+        return None if n_factors is None else (beta,) * n_factors
+    betas = tuple(check_beta(v, f"coupling[{i}]") for i, v in enumerate(coupling))
+    if n_factors is not None and len(betas) != n_factors:
+        raise ValueError(
+            f"`coupling` must hold one beta (or None) per factor, {n_factors} here; got "
+            f"{len(betas)} entries {list(coupling)!r}."
+        )
+    return betas
+
+
+def _check_coupling_method(coupling, method) -> None:
+    n = len(coupling) if isinstance(coupling, Sequence) and not isinstance(coupling, str) else 1
+    betas = _check_coupling(coupling, n)
+    if betas is not None and any(b is not None for b in betas) and method != "am":
+        raise ValueError(
+            "`coupling` (pattern-coupled PC-KroSBL) needs method='am': the coupled M-step is a "
+            "non-negative least-squares fit inside the AM block update, which the SVD and SBL "
+            f"M-steps do not have; got method={method!r} with coupling={coupling!r}."
+        )
+
+
+def _pc_update(t, active, c):
+    r"""Coupled factor update: :math:`g = \mathrm{NNLS}(C_\beta, t)` on the active entries,
+    :math:`\tilde\gamma = \text{floor} + C_\beta g` (floor :math:`10^{-5}\max C_\beta g`),
+    pruned entries kept at zero."""
+    cm = jnp.where(active[:, None] & active[None, :], c, 0.0)
+    g = nnls(cm, jnp.where(active, t, 0.0))
+    cg = jnp.matmul(cm, g, precision=_HI)
+    peak = jnp.max(cg)
+    floor = PC_FLOOR * jnp.where(peak > 0, peak, 1.0)
+    return jnp.where(active, floor + cg, 0.0)
 
 
 def _svd_mstep(d, gammas, power_iters):
@@ -479,7 +697,19 @@ def _prune(g, r):
 
 
 def _em_single(
-    y, factors, noise, *, method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z
+    y,
+    factors,
+    noise,
+    *,
+    method,
+    prune,
+    max_iter,
+    tol,
+    am_sweeps,
+    am_tol,
+    power_iters,
+    support_z,
+    coupling=None,
 ):
     dtype = y.dtype
     rdt = _real_dtype(dtype)
@@ -514,7 +744,20 @@ def _em_single(
         def full(gs):
             return gs[0]
     else:
-        gstate = tuple(jnp.full((k,), g0 ** (1.0 / big_i), rdt) for k in ns)
+        cmats = None
+        if coupling is not None:
+            cmats = tuple(
+                None if beta is None else jnp.asarray(coupling_matrix(k, beta), rdt)
+                for k, beta in zip(ns, coupling, strict=True)
+            )
+        # uncoupled factors start constant; a coupled one at C_β·1 (its γ_i = 1), times the
+        # same scale so that ⊗γ starts near g0
+        gstate = tuple(
+            jnp.full((k,), g0 ** (1.0 / big_i), rdt)
+            if cmats is None or cmats[i] is None
+            else (g0 ** (1.0 / big_i) * jnp.sum(cmats[i], axis=1)).astype(rdt)
+            for i, k in enumerate(ns)
+        )
 
         def estep(gs, s2):
             return _kron_estep(yg, factors, gs, s2)
@@ -522,7 +765,7 @@ def _em_single(
         if method == "am":
 
             def mstep(dgrid, gs):
-                return _am_mstep(dgrid, gs, am_sweeps, am_tol)
+                return _am_mstep(dgrid, gs, am_sweeps, am_tol, cmats)
         else:
 
             def mstep(dgrid, gs):
@@ -595,6 +838,7 @@ def krosbl_em(
     am_tol: float = 1e-4,
     power_iters: int = 10,
     support_z: float = 3.0,
+    coupling: float | Sequence[float | None] | None = None,
 ) -> KroSBLResult:
     r"""Type-II ML (EM) for Kronecker-structured SBL; the functional core of :class:`KroneckerSBL`.
 
@@ -608,29 +852,44 @@ def krosbl_em(
             :math:`\gamma`, dense E-step; the baseline).
         noise: known noise variance :math:`\sigma^2 > 0`, or ``None`` to learn it.
         prune: relative threshold :math:`r`: :math:`\gamma_i[k] < r\max\gamma_i` is set to 0;
-            ``None`` picks the method's default (``1e-3``; ``1e-2`` for ``"am"``).
+            ``None`` picks the method's default (``1e-5`` for ``"svd"``, ``1e-2`` for
+            ``"am"``, ``1e-3`` for ``"sbl"``).
         max_iter: maximum EM iterations.
         tol: stop when the relative change of :math:`\otimes\gamma` is below ``tol``.
         am_sweeps, am_tol: AM block sweeps per M-step and their stopping tolerance.
         power_iters: warm-started power iterations per rank-one fit (SVD M-step).
         support_z: threshold :math:`z` of the support rule on :math:`|\mu_j|/\sqrt{\Sigma_{jj}}`.
+        coupling: pattern coupling (PC-KroSBL) for clustered (block-sparse) factor supports:
+            ``None`` (no coupling), a float :math:`\beta \in [0, 1)` for every factor, or a
+            sequence with one :math:`\beta` or ``None`` (uncoupled) per factor. A coupled
+            factor has prior variance :math:`\tilde\gamma_i = C_\beta\gamma_i` and an NNLS
+            M-step (module docstring). Needs ``method="am"``.
 
     Returns:
-        :class:`KroSBLResult` (with a leading batch axis when ``y`` is 2-D).
+        :class:`KroSBLResult` (with a leading batch axis when ``y`` is 2-D). For coupled factors
+        ``gammas[i]`` is the prior variance :math:`\tilde\gamma_i`.
 
     Raises:
         TypeError: ``factors`` is not a sequence of matrices.
         ValueError: fewer than 2 factors, shapes inconsistent with ``y``, non-finite values,
-            complex ``y`` with real dictionaries, non-positive ``noise``, bad options.
+            complex ``y`` with real dictionaries, non-positive ``noise``, bad options,
+            ``coupling`` outside :math:`[0, 1)`, of the wrong length, or with a method other
+            than ``"am"``.
 
     Cost: per iteration :math:`O(\sum_i(M_i^2N_i + M_i^3) + (M+N)\sum_i\max(M_i,N_i))` for
     ``"svd"``/``"am"`` (plus :math:`O(N)` per power step or AM sweep), memory :math:`O(M + N +
-    \text{max\_iter})`; ``"sbl"``: :math:`O(M^2N)` time and :math:`O(MN)` memory. Call under
+    \text{max\_iter})`; ``"sbl"``: :math:`O(M^2N)` time and :math:`O(MN)` memory; a coupled
+    factor adds an NNLS of size :math:`N_i` per AM block update (:math:`O(N_i^4)` worst case,
+    small next to the E-step for the usual :math:`N_i \lesssim 64`). Call under
     ``jax.jit`` with the options bound (``functools.partial``): they are static.
     """
     _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z)
+    _check_coupling_method(coupling, method)
     prune = DEFAULT_PRUNE[method] if prune is None else prune
     y, factors, batched = _check_problem(y, factors, noise)
+    betas = _check_coupling(coupling, len(factors))
+    if betas is not None and all(b is None for b in betas):
+        betas = None
     opts = dict(
         method=method,
         prune=float(prune),
@@ -640,6 +899,7 @@ def krosbl_em(
         am_tol=float(am_tol),
         power_iters=int(power_iters),
         support_z=float(support_z),
+        coupling=betas,
     )
 
     def one(yv):
@@ -745,7 +1005,8 @@ class KroneckerSBL:
     Args:
         method: ``"svd"`` (default), ``"am"`` or ``"sbl"`` (see :func:`krosbl_em`).
         noise: known noise variance :math:`\sigma^2 > 0`, or ``None`` to learn it.
-        prune: relative pruning threshold per factor (``None``: ``1e-3``, ``1e-2`` for AM).
+        prune: relative pruning threshold per factor (``None``: ``1e-5`` for SVD, ``1e-2``
+            for AM, ``1e-3`` for SBL).
         max_iter: maximum EM iterations (default 150).
         tol: relative change of :math:`\otimes\gamma` at which EM stops (default ``1e-4``).
         support_z: threshold :math:`z` of the support rule (default 3).
@@ -753,6 +1014,9 @@ class KroneckerSBL:
             only the posterior mean as a single draw).
         am_sweeps, am_tol, power_iters: M-step controls (see :func:`krosbl_em`).
         seed: seed of the posterior draws.
+        coupling: pattern coupling per factor (PC-KroSBL; ``None``, a float
+            :math:`\beta\in[0,1)` or one :math:`\beta`/``None`` per factor); needs
+            ``method="am"`` (see :func:`krosbl_em`).
     """
 
     def __init__(
@@ -768,8 +1032,10 @@ class KroneckerSBL:
         am_tol: float = 1e-4,
         power_iters: int = 10,
         seed: int = 0,
+        coupling: float | Sequence[float | None] | None = None,
     ):
         _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z)
+        _check_coupling_method(coupling, method)
         if not (isinstance(num_draws, (int, np.integer)) and num_draws >= 0):
             raise ValueError(f"`num_draws` must be a non-negative int; got {num_draws!r}.")
         self.method = method
@@ -783,7 +1049,12 @@ class KroneckerSBL:
         self.am_tol = am_tol
         self.power_iters = power_iters
         self.seed = seed
+        self.coupling = coupling
         self.result_: KroSBLResult | None = None
+
+    def _coupled(self) -> bool:
+        c = self.coupling
+        return c is not None and (not isinstance(c, Sequence) or any(b is not None for b in c))
 
     def fit(self, y: ArrayLike, factors: Sequence[ArrayLike]) -> Posterior:
         r"""Fit :math:`\gamma` (and :math:`\sigma^2`) by EM and return the posterior of :math:`x`.
@@ -815,6 +1086,7 @@ class KroneckerSBL:
             am_tol=self.am_tol,
             power_iters=self.power_iters,
             support_z=self.support_z,
+            coupling=self.coupling,
         )
         self.result_ = res
         y_arr = np.asarray(y)
@@ -856,7 +1128,7 @@ class KroneckerSBL:
             group_by_chain=False,
             observed={"y": y_arr},
             dims={"x": [*lead, "coef"], "y": [*lead, "obs"]},
-            method=f"krosbl-{self.method}",
+            method=f"krosbl-{'pc-' if self._coupled() else ''}{self.method}",
             extra={
                 "mean": np.asarray(res.mean),
                 "var": np.asarray(res.var),
@@ -871,3 +1143,143 @@ class KroneckerSBL:
                 "result": res,
             },
         )
+
+
+# --------------------------------------------------------------------------------------------
+# the same hierarchical prior as a NumPyro model (NUTS / SVI through bayeslr.infer.fit)
+
+HYPERPRIORS = ("lognormal", "halfcauchy")
+
+
+def _sum_to_zero_basis(n: int) -> np.ndarray:
+    r"""Orthonormal basis :math:`H` (``n x (n-1)``) of :math:`\{v : \sum_k v_k = 0\}`."""
+    # the first n-1 columns of the centring matrix I - 11ᵀ/n are independent and sum to zero
+    q, _ = np.linalg.qr((np.eye(n) - 1.0 / n)[:, : n - 1])
+    return q
+
+
+def krosbl_model(
+    y: ArrayLike,
+    factors: Sequence[ArrayLike],
+    *,
+    noise: float | None = None,
+    hyperprior: str = "lognormal",
+    log_scale: float = 3.0,
+) -> None:
+    r"""NumPyro model of the KroSBL prior, for full posteriors of small problems.
+
+    .. math::
+        y \mid x, \sigma \sim \mathcal N\big((A_1\otimes\cdots\otimes A_I)x, \sigma^2 I\big),
+        \quad x \mid \gamma \sim \mathcal N(0, \operatorname{diag}(\gamma_1 \otimes \cdots
+        \otimes \gamma_I)),
+
+    with the hyperprior below, sampled by ``bayeslr.infer.fit(krosbl_model, y, factors,
+    method="nuts")`` (or ``"svi"``). :math:`Ax` is computed by mode products
+    (:func:`bayeslr.linalg.kron.kron_mv`); :math:`A` is never formed.
+
+    Scale non-identifiability: :math:`(c\gamma_1) \otimes (\gamma_2/c)` is the same
+    :math:`\gamma`, a flat ridge NUTS cannot adapt to. The model removes it: for
+    :math:`i < I` the log-factor is constrained to sum to zero,
+    :math:`\log\gamma_i = H_i u_i` with :math:`H_i` an orthonormal basis of
+    :math:`\{v: \sum_k v_k = 0\}` and :math:`u_i \sim \mathcal N(0, s^2 I_{N_i-1})` (so
+    :math:`\log\gamma_i` is a zero-sum normal with marginal sd :math:`s\sqrt{1-1/N_i}`), and
+    the last factor carries the overall scale:
+
+    * ``hyperprior="lognormal"`` (default): :math:`\log\gamma_I[k] \sim \mathcal N(\log g_0,
+      s^2)`;
+    * ``hyperprior="halfcauchy"``: :math:`\sqrt{\gamma_I[k]} \sim \text{HalfCauchy}(\sqrt{g_0})`
+      (horseshoe-like local scales: heavier tail, more mass near zero).
+
+    The parameters are then exactly the :math:`\sum_i N_i - (I - 1)` degrees of freedom of
+    :math:`\otimes\gamma_i`. :math:`s` is ``log_scale`` (default 3: :math:`\gamma` may range
+    over several orders of magnitude, as sparsity needs) and :math:`g_0 = M\,\overline{|y|^2} /
+    \prod_i\|A_i\|_F^2` is the constant :math:`\gamma` that explains the energy of ``y`` (the
+    EM start), so the prior is scale-equivariant: a data-dependent centring, stated here on
+    purpose. The latent :math:`x` is non-centred, :math:`x = \sqrt\gamma \circ z`,
+    :math:`z \sim \mathcal N(0, I_N)` (funnel-free when the data are weak, as for the many
+    near-zero entries of a sparse :math:`x`).
+
+    Noise: ``noise=σ²`` fixes it; ``None`` samples :math:`\sigma \sim
+    \text{HalfNormal}(\operatorname{sd}(y))`.
+
+    Sites: latent ``u_0 .. u_{I-2}`` (shape coordinates), ``gamma_last`` (or ``lam_last``, the
+    square root, for ``"halfcauchy"``), ``z`` (``(N,)``) and ``sigma`` (learned noise);
+    deterministic ``gamma_0 .. gamma_{I-1}`` (the factors), ``x`` (``(N,)``, row-major as
+    ``jnp.kron``); observed ``y``.
+
+    Real data only: the circular complex model (complex ``y`` or dictionaries) is fitted by
+    :class:`KroneckerSBL`/:func:`krosbl_em`; here it raises a ``ValueError``.
+
+    Args:
+        y: observations ``(M,)``, real.
+        factors: real dictionaries :math:`A_i` (``M_i x N_i``), :math:`I \ge 2`.
+        noise: known noise variance :math:`\sigma^2 > 0`, or ``None`` to sample it.
+        hyperprior: ``"lognormal"`` or ``"halfcauchy"`` (prior of the scale-carrying last
+            factor, see above).
+        log_scale: :math:`s > 0`, prior sd of the log-factors.
+
+    Raises:
+        ValueError: complex data, batched ``y``, bad ``hyperprior``/``log_scale``, and the
+            problem errors of :func:`krosbl_em`.
+
+    Cost: one log-density gradient is :math:`O(N\sum_i M_i)` (mode products); NUTS is
+    practical for :math:`N` up to a few thousand.
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    if hyperprior not in HYPERPRIORS:
+        raise ValueError(f"`hyperprior` must be one of {HYPERPRIORS}; got {hyperprior!r}.")
+    if not (isinstance(log_scale, (int, float)) and np.isfinite(log_scale) and log_scale > 0):
+        raise ValueError(f"`log_scale` must be a finite positive float; got {log_scale!r}.")
+    arrays = (y, *factors) if isinstance(factors, Sequence) and not isinstance(factors, str) else ()
+    if any(jnp.iscomplexobj(v) for v in arrays):
+        raise ValueError(
+            "krosbl_model is for real data only: complex `y` or `factors` need the circular "
+            "complex normal model, which KroneckerSBL / krosbl_em fit; got dtypes "
+            f"{[str(jnp.result_type(v)) for v in arrays]}."
+        )
+    y, factors, batched = _check_problem(y, factors, noise)
+    if batched:
+        raise ValueError(
+            f"`y` must be 1-D here (one measurement vector); got shape {tuple(y.shape)}."
+        )
+    dtype = y.dtype
+    ms = tuple(a.shape[0] for a in factors)
+    ns = tuple(a.shape[1] for a in factors)
+    m = int(np.prod(ms))
+    afro = jnp.prod(jnp.stack([jnp.sum(a**2) for a in factors]))
+    g0 = m * jnp.mean(y**2) / afro
+
+    gammas = []
+    for i, k in enumerate(ns[:-1]):
+        if k == 1:
+            gammas.append(jnp.ones((1,), dtype))
+            continue
+        basis = jnp.asarray(_sum_to_zero_basis(k), dtype)
+        u = numpyro.sample(f"u_{i}", dist.Normal(jnp.zeros(k - 1, dtype), log_scale).to_event(1))
+        gammas.append(jnp.exp(jnp.matmul(basis, u, precision=_HI)))
+    k_last = ns[-1]
+    if hyperprior == "lognormal":
+        g_last = numpyro.sample(
+            "gamma_last",
+            dist.LogNormal(jnp.full((k_last,), jnp.log(g0), dtype), log_scale).to_event(1),
+        )
+    else:
+        lam = numpyro.sample(
+            "lam_last", dist.HalfCauchy(jnp.full((k_last,), jnp.sqrt(g0), dtype)).to_event(1)
+        )
+        g_last = lam**2
+    gammas.append(g_last)
+    for i, g in enumerate(gammas):
+        numpyro.deterministic(f"gamma_{i}", g)
+    gamma = kron_outer(gammas)
+    z = numpyro.sample("z", dist.Normal(jnp.zeros(ns, dtype), 1.0).to_event(len(ns)))
+    xg = jnp.sqrt(gamma) * z
+    numpyro.deterministic("x", xg.reshape(-1))
+    if noise is None:
+        sigma = numpyro.sample("sigma", dist.HalfNormal(jnp.std(y) + jnp.finfo(dtype).tiny))
+    else:
+        sigma = jnp.sqrt(jnp.asarray(noise, dtype))
+    mean = kron_mv(factors, xg).reshape(-1)
+    numpyro.sample("y", dist.Normal(mean, sigma).to_event(1), obs=y)

@@ -235,3 +235,181 @@ def test_degenerate_dictionaries_stay_finite(x64, rng, method):
     res = krosbl_em(rng.standard_normal(4), a_small, method=method, noise=None)
     for v in (res.mean, res.var, res.gamma, res.sigma2):
         assert np.all(np.isfinite(np.asarray(v)))
+
+
+# --------------------------------------------------------------------------------------------
+# PC-KroSBL (pattern coupling)
+
+
+def test_nnls_matches_scipy(x64, rng):
+    from scipy.optimize import nnls as scipy_nnls
+
+    from bayeslr.models.krosbl import coupling_matrix, nnls
+
+    fn = jax.jit(nnls)
+    for trial in range(36):  # few distinct shapes: one compilation each
+        n = (1, 7, 18)[trial % 3]
+        if trial % 2 == 0:  # the PC-KroSBL case: square C_β, ill-conditioned as β -> 1
+            c = coupling_matrix(n, float(rng.choice([0.0, 0.5, 0.8, 0.95])))
+        else:  # general tall matrices (full column rank: unique solution)
+            c = rng.standard_normal((n + 4, n))
+        t = rng.standard_normal(c.shape[0]) * 10.0 ** rng.uniform(-2, 2)
+        ours = np.asarray(fn(jnp.asarray(c), jnp.asarray(t)))
+        ref, _ = scipy_nnls(c, t)
+        assert np.all(ours >= 0)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9 * max(1.0, np.abs(ref).max()))
+    # wide (rank-deficient) C: the minimiser may not be unique, the minimum is
+    c = rng.standard_normal((5, 9))
+    t = rng.standard_normal(5)
+    ours = np.asarray(nnls(jnp.asarray(c), jnp.asarray(t)))
+    ref, res = scipy_nnls(c, t)
+    assert np.all(ours >= 0)
+    np.testing.assert_allclose(np.linalg.norm(c @ ours - t), res, atol=1e-9)
+    # an unconstrained solution with negative entries is clipped the NNLS way, not by clipping
+    c2 = coupling_matrix(6, 0.8)
+    t2 = c2 @ np.array([1.0, 0.0, 2.0, 0.0, 0.0, 3.0]) - 0.3
+    np.testing.assert_allclose(np.asarray(nnls(c2, t2)), scipy_nnls(c2, t2)[0], atol=1e-10)
+
+
+def _block_sparse_problem(seed, ns, ms, block, snr_db):
+    rng = np.random.default_rng(seed)
+    a = [rng.standard_normal((m, n)) for m, n in zip(ms, ns, strict=True)]
+    parts = []
+    for n in ns:
+        v = np.zeros(n)
+        start = rng.integers(0, n - block + 1)
+        v[start : start + block] = rng.standard_normal(block)
+        parts.append(v)
+    x = _kron([p[:, None] for p in parts]).ravel()
+    ax = _kron(a) @ x
+    s2 = np.mean(ax**2) / 10 ** (snr_db / 10)
+    return ax + np.sqrt(s2) * rng.standard_normal(ax.shape), a, x, s2
+
+
+def test_pc_krosbl_beats_am_on_clustered_supports(x64):
+    # clustered (3 adjacent atoms per factor) supports, heavily compressed (M/N = 0.09), 20 dB
+    am = jax.jit(partial(krosbl_em, method="am"))
+    pc = jax.jit(partial(krosbl_em, method="am", coupling=0.8))
+    nmse = []
+    for seed in range(10):
+        y, a, x, s2 = _block_sparse_problem(seed, (20, 20), (6, 6), 3, 20.0)
+        row = []
+        for fn in (am, pc):
+            mu = np.asarray(fn(jnp.asarray(y), [jnp.asarray(f) for f in a], noise=s2).mean)
+            row.append(np.sum((mu - x) ** 2) / np.sum(x**2))
+        nmse.append(row)
+    nmse = np.array(nmse)
+    mean_am, mean_pc = nmse.mean(axis=0)
+    assert mean_pc < 0.75 * mean_am, (mean_am, mean_pc)  # ≥ 1.2 dB better on average
+    assert np.sum(nmse[:, 1] < nmse[:, 0]) >= 7, nmse  # and in most trials
+
+
+def test_coupling_zero_or_none_reduces_to_am(x64, rng):
+    ns, ms = (8, 7), (5, 5)
+    a = _dict(rng, ms, ns)
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.05 * rng.standard_normal(25)
+    plain = krosbl_em(y, a, method="am", noise=0.0025)
+    nones = krosbl_em(y, a, method="am", noise=0.0025, coupling=[None, None])
+    np.testing.assert_array_equal(np.asarray(nones.mean), np.asarray(plain.mean))
+    # β = 0: C_β = I, the NNLS fit is max(t, 0) = t, so only the 1e-5 floor differs
+    zero = krosbl_em(y, a, method="am", noise=0.0025, coupling=(0.0, None))
+    np.testing.assert_allclose(np.asarray(zero.mean), np.asarray(plain.mean), atol=1e-4)
+    # a coupled factor keeps its γ̃ ≥ floor on its active entries, and results stay finite
+    coupled = krosbl_em(y, a, method="am", noise=0.0025, coupling=(0.8, 0.5))
+    g0 = np.asarray(coupled.gammas[0])
+    assert np.all(g0[g0 > 0] >= 1e-5 * g0.max() * (1 - 1e-9))
+    assert np.all(np.isfinite(np.asarray(coupled.mean)))
+
+
+def test_coupled_estimator_and_batch(x64, rng):
+    ns, ms = (6, 5), (4, 4)
+    a = _dict(rng, ms, ns)
+    ys = np.stack([_kron(a) @ _sparse_kron_x(rng, ns, 2) for _ in range(2)])
+    ys = ys + 0.05 * rng.standard_normal(ys.shape)
+    est = KroneckerSBL(method="am", noise=0.0025, coupling=(0.8, None), num_draws=3)
+    post = est.fit(ys, a)
+    assert post.method == "krosbl-pc-am"
+    one = krosbl_em(ys[1], a, method="am", noise=0.0025, coupling=(0.8, None))
+    np.testing.assert_allclose(post.extra["mean"][1], np.asarray(one.mean), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("coupling", "method", "match"),
+    [
+        (1.0, "am", r"`coupling` must be a coupling beta in \[0, 1\)"),
+        (-0.1, "am", r"\[0, 1\)"),
+        (float("nan"), "am", r"\[0, 1\)"),
+        ("0.8", "am", "`coupling` must be None, a float"),
+        (True, "am", "`coupling` must be None or a coupling beta"),
+        ([0.8, 1.5], "am", r"`coupling\[1\]`"),
+        ([0.8], "am", "one beta .* per factor, 2 here; got 1"),
+        ([0.8, None, 0.5], "am", "2 here; got 3"),
+        (0.8, "svd", "needs method='am'"),
+        ((None, 0.5), "sbl", "needs method='am'"),
+    ],
+)
+def test_bad_coupling_raises(coupling, method, match):
+    y, factors = np.ones(12), [np.ones((3, 4)), np.ones((4, 5))]
+    with pytest.raises(ValueError, match=match):
+        krosbl_em(y, factors, method=method, noise=0.1, coupling=coupling)
+    if "per factor" not in match and "here" not in match:
+        with pytest.raises(ValueError, match=match):
+            KroneckerSBL(method=method, noise=0.1, coupling=coupling)
+
+
+# --------------------------------------------------------------------------------------------
+# the NumPyro model
+
+
+@pytest.mark.slow  # about 18 s on 2 cores, mostly NUTS compilation
+def test_krosbl_model_nuts_matches_truth_and_em(x64, rng):
+    from bayeslr.infer import fit
+    from bayeslr.models.krosbl import krosbl_model
+
+    ns, ms = (5, 5), (4, 4)
+    a = _dict(rng, ms, ns)
+    x = _sparse_kron_x(rng, ns, 2)
+    ax = _kron(a) @ x
+    s2 = np.mean(ax**2) / 1e3  # 30 dB
+    y = ax + np.sqrt(s2) * rng.standard_normal(ax.shape)
+    em = np.asarray(krosbl_em(y, a, method="svd", noise=s2).mean)
+    post = fit(
+        krosbl_model,
+        y,
+        a,
+        model_kwargs=dict(noise=s2),
+        method="nuts",
+        num_warmup=200,
+        num_samples=200,
+        max_tree_depth=6,  # ≤ 63 leapfrog steps per draw
+        progress_bar=False,
+        dims={"x": ["coef"]},
+    )
+    xm = np.asarray(post.samples["x"]).reshape(-1, 25).mean(axis=0)
+    scale = np.sum(x**2)
+    assert np.sum((xm - x) ** 2) / scale < 0.15
+    assert np.sum((xm - em) ** 2) / scale < 0.1
+    # off-support entries are shrunk: the largest off-support |mean| is well below the signal
+    assert np.abs(xm[x == 0]).max() < 0.5 * np.abs(x[x != 0]).min()
+    # the scale-carrying factorisation: shape factors have log-mean zero
+    g0 = np.asarray(post.samples["gamma_0"])
+    np.testing.assert_allclose(np.log(g0).mean(axis=-1), 0.0, atol=1e-10)
+    tree = post.to_arviz()
+    assert tree.posterior["x"].dims == ("chain", "draw", "coef")
+    assert "y" in tree.observed_data
+
+
+def test_krosbl_model_bad_inputs():
+    from bayeslr.models.krosbl import krosbl_model
+
+    y, factors = np.ones(12), [np.ones((3, 4)), np.ones((4, 5))]
+    with pytest.raises(ValueError, match="real data only"):
+        krosbl_model(y * 1j, [f.astype(complex) for f in factors])
+    with pytest.raises(ValueError, match="`hyperprior` must be one of"):
+        krosbl_model(y, factors, hyperprior="gamma")
+    with pytest.raises(ValueError, match="`log_scale`"):
+        krosbl_model(y, factors, log_scale=0.0)
+    with pytest.raises(ValueError, match="1-D here"):
+        krosbl_model(np.ones((2, 12)), factors, noise=0.1)
+    with pytest.raises(ValueError, match="`y` must have shape"):
+        krosbl_model(np.ones(7), factors)
