@@ -7,5 +7,26 @@ coordinates, ``to_long()`` for the long pandas format of the house contracts).
 """
 
 from bayeslr.datasets.grids import GridData, load_ozone
+from bayeslr.datasets.sparse import (
+    IRSMIMOProblem,
+    KroneckerSparseProblem,
+    angle_dictionary,
+    irs_mimo_problem,
+    kron_apply,
+    kronecker_sparse_problem,
+    nmse,
+    support_recovery_rate,
+)
 
-__all__ = ["GridData", "load_ozone"]
+__all__ = [
+    "GridData",
+    "IRSMIMOProblem",
+    "KroneckerSparseProblem",
+    "angle_dictionary",
+    "irs_mimo_problem",
+    "kron_apply",
+    "kronecker_sparse_problem",
+    "load_ozone",
+    "nmse",
+    "support_recovery_rate",
+]
