@@ -710,6 +710,8 @@ def _em_single(
     power_iters,
     support_z,
     coupling=None,
+    restarts=1,
+    seed=0,
 ):
     dtype = y.dtype
     rdt = _real_dtype(dtype)
@@ -798,15 +800,40 @@ def _em_single(
             hist_o.at[it].set(est.objective.astype(rdt)),
         )
 
-    init = (
-        jnp.asarray(0),
-        gstate,
-        sigma2,
-        jnp.asarray(jnp.inf, rdt),
-        jnp.zeros((max_iter,), rdt),
-        jnp.zeros((max_iter,), rdt),
-    )
-    it, gs, s2, change, hist_c, hist_o = jax.lax.while_loop(cond, body, init)
+    def run(g_init):
+        init = (
+            jnp.asarray(0),
+            g_init,
+            sigma2,
+            jnp.asarray(jnp.inf, rdt),
+            jnp.zeros((max_iter,), rdt),
+            jnp.zeros((max_iter,), rdt),
+        )
+        out = jax.lax.while_loop(cond, body, init)
+        return out, estep(out[1], out[2]).objective.astype(rdt)
+
+    if restarts == 1:
+        (it, gs, s2, change, hist_c, hist_o), _ = run(gstate)
+    else:
+        # start 0 is the default start; the others scale every γ entry by e^{N(0,1)} (same
+        # scale on average, different basins); the run with the lowest final objective wins
+        keys = jax.random.split(jax.random.key(seed), (restarts - 1) * len(gstate))
+        keys = keys.reshape(restarts - 1, len(gstate), *keys.shape[1:])
+        starts = tuple(
+            jnp.concatenate(
+                [
+                    g[None],
+                    g[None]
+                    * jnp.exp(
+                        jax.vmap(lambda k, g=g: jax.random.normal(k, g.shape, rdt))(keys[:, i])
+                    ),
+                ]
+            )
+            for i, g in enumerate(gstate)
+        )
+        outs, objs = jax.vmap(run)(starts)
+        best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+        it, gs, s2, change, hist_c, hist_o = jax.tree.map(lambda a: a[best], outs)
     est = estep(gs, s2)
     mean = est.mean.reshape(-1)
     var = est.var.reshape(-1)
@@ -839,6 +866,8 @@ def krosbl_em(
     power_iters: int = 10,
     support_z: float = 3.0,
     coupling: float | Sequence[float | None] | None = None,
+    restarts: int = 1,
+    seed: int = 0,
 ) -> KroSBLResult:
     r"""Type-II ML (EM) for Kronecker-structured SBL; the functional core of :class:`KroneckerSBL`.
 
@@ -864,6 +893,14 @@ def krosbl_em(
             sequence with one :math:`\beta` or ``None`` (uncoupled) per factor. A coupled
             factor has prior variance :math:`\tilde\gamma_i = C_\beta\gamma_i` and an NNLS
             M-step (module docstring). Needs ``method="am"``.
+        restarts: EM runs from ``restarts`` starts, ``vmap``-ped, keeping the one with the
+            lowest final objective :math:`\mathcal L`: the default start and
+            ``restarts - 1`` starts with every :math:`\gamma` entry scaled by
+            :math:`e^{\varepsilon}`, :math:`\varepsilon\sim N(0,1)`. EM (like classic SBL)
+            can stop in a local minimum that loses a true atom and its slice; on the paper's
+            setup about 2 trials in 50 do, with :math:`\mathcal L` clearly above the oracle's.
+            Cost: ``restarts`` times one fit.
+        seed: seed of the random starts.
 
     Returns:
         :class:`KroSBLResult` (with a leading batch axis when ``y`` is 2-D). For coupled factors
@@ -900,12 +937,23 @@ def krosbl_em(
         power_iters=int(power_iters),
         support_z=float(support_z),
         coupling=betas,
+        restarts=_check_restarts(restarts),
+        seed=int(seed),
     )
 
     def one(yv):
         return _em_single(yv, factors, noise, **opts)
 
     return jax.vmap(one)(y) if batched else one(y)
+
+
+def _check_restarts(restarts) -> int:
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(
+            f"`restarts` must be an int >= 1 (EM runs from different starts; the lowest "
+            f"objective wins); got {restarts!r}."
+        )
+    return int(restarts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1017,6 +1065,8 @@ class KroneckerSBL:
         coupling: pattern coupling per factor (PC-KroSBL; ``None``, a float
             :math:`\beta\in[0,1)` or one :math:`\beta`/``None`` per factor); needs
             ``method="am"`` (see :func:`krosbl_em`).
+        restarts: EM starts, the lowest objective kept (see :func:`krosbl_em`; the random
+            starts use ``seed``).
     """
 
     def __init__(
@@ -1033,8 +1083,10 @@ class KroneckerSBL:
         power_iters: int = 10,
         seed: int = 0,
         coupling: float | Sequence[float | None] | None = None,
+        restarts: int = 1,
     ):
         _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z)
+        self.restarts = _check_restarts(restarts)
         _check_coupling_method(coupling, method)
         if not (isinstance(num_draws, (int, np.integer)) and num_draws >= 0):
             raise ValueError(f"`num_draws` must be a non-negative int; got {num_draws!r}.")
@@ -1087,6 +1139,8 @@ class KroneckerSBL:
             power_iters=self.power_iters,
             support_z=self.support_z,
             coupling=self.coupling,
+            restarts=self.restarts,
+            seed=self.seed,
         )
         self.result_ = res
         y_arr = np.asarray(y)
