@@ -14,6 +14,8 @@ import jax
 import numpy as np
 
 __all__ = [
+    "ArgumentTypeError",
+    "check_int",
     "is_concrete",
     "check_finite",
     "check_positive",
@@ -32,6 +34,27 @@ def is_concrete(x) -> bool:
 def _describe(x) -> str:
     a = np.asarray(x)
     return f"array of shape {a.shape} and dtype {a.dtype}"
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. Both a ``TypeError`` and a ``ValueError``, so callers that
+    catch bad input as ``ValueError`` (the library's convention for bad values) see it too."""
+
+
+def check_int(name: str, value, *, minimum: int = 1) -> int:
+    """An integer (``bool`` excluded) ``>= minimum``; returns it as a Python ``int``.
+
+    Raises:
+        ArgumentTypeError: not an integer (``1.5``, ``True``, ``"3"``).
+        ValueError: below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(
+            f"`{name}` must be an int >= {minimum}; got {value!r} of type {type(value).__name__}."
+        )
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+    return int(value)
 
 
 def check_finite(name: str, x) -> None:

@@ -151,6 +151,15 @@ class CpuMonitor:
         return max(0.0, other) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
+def report_targets(targets: Sequence[Sequence[str]]) -> str:
+    """Print ``(target, measured, status)`` rows as ``[status] target: measured`` lines and return
+    them as the results file's markdown table."""
+    print("\nTargets:")
+    for name, measured, status in targets:
+        print(f"  [{status}] {name}: {measured}")
+    return markdown_table(["target", "measured", "status"], targets)
+
+
 def run_details(monitor: CpuMonitor, repeats: int) -> dict[str, str]:
     """The run facts every results file records: repeats and the other processes' CPU share."""
     other = monitor.share()

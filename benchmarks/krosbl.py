@@ -47,13 +47,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
 
-from bayeslr.datasets import (
-    irs_mimo_problem,
-    kron_apply,
-    kronecker_sparse_problem,
-    nmse,
-    support_recovery_rate,
-)
+from bayeslr.datasets import irs_mimo_problem, kron_apply, kronecker_sparse_problem
+from bayeslr.metrics import nmse, support_recovery_rate
 from bayeslr.models.krosbl import krosbl_em
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` beside this script

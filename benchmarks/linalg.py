@@ -76,6 +76,7 @@ from _common import (
     fmt_x,
     machine_info,
     markdown_table,
+    report_targets,
     run_details,
     time_jax,
     time_jax_interleaved,
@@ -465,10 +466,7 @@ def main(argv=None) -> int:
             verdict(None if not have_gp else not slower),
         ),
     ]
-    target_table = markdown_table(["target", "measured", "status"], targets)
-    print("\nTargets:")
-    for name, measured, status in targets:
-        print(f"  [{status}] {name}: {measured}")
+    target_table = report_targets(targets)
 
     if out_path is not None:
         sections = [

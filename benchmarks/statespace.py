@@ -56,6 +56,7 @@ from _common import (
     fmt_s,
     machine_info,
     markdown_table,
+    report_targets,
     run_details,
     time_jax,
     write_markdown,
@@ -378,10 +379,7 @@ def main(argv=None) -> int:
             verdict(None if max_err is None else max_err <= TARGET_REL_ERR),
         ),
     ]
-    target_table = markdown_table(["target", "measured", "status"], targets)
-    print("\nTargets:")
-    for name, measured, status in targets:
-        print(f"  [{status}] {name}: {measured}")
+    target_table = report_targets(targets)
 
     if out_path is not None:
         sections = [

@@ -37,3 +37,17 @@ def test_value_checks_skip_tracers_but_shape_checks_do_not():
     seen = []
     jax.jit(lambda x: seen.append(v.is_concrete(x)) or x)(1.0)
     assert seen == [False]
+
+
+def test_check_int():
+    """Integers (numpy ones too) pass and come back as int; bools, floats and strings are an
+    ArgumentTypeError (a TypeError and a ValueError); values below the minimum a ValueError."""
+    assert v.check_int("k", np.int64(3)) == 3 and type(v.check_int("k", np.int64(3))) is int
+    assert v.check_int("k", 0, minimum=0) == 0
+    for bad in (True, 1.5, "3", None):
+        with pytest.raises(v.ArgumentTypeError, match="`k` must be an int >= 1"):
+            v.check_int("k", bad)
+    assert issubclass(v.ArgumentTypeError, TypeError)
+    assert issubclass(v.ArgumentTypeError, ValueError)
+    with pytest.raises(ValueError, match=r"`k` must be an int >= 2; got 1\."):
+        v.check_int("k", 1, minimum=2)

@@ -14,8 +14,6 @@ from bayeslr.datasets.sparse import (
     irs_mimo_problem,
     kron_apply,
     kronecker_sparse_problem,
-    nmse,
-    support_recovery_rate,
 )
 
 __all__ = [
@@ -27,6 +25,4 @@ __all__ = [
     "kron_apply",
     "kronecker_sparse_problem",
     "load_ozone",
-    "nmse",
-    "support_recovery_rate",
 ]

@@ -13,7 +13,7 @@ them, and both exactly reproducible from a seed:
 Ordering: vectors of length :math:`N = \prod N_i` are the row-major (C-order) flattening of the
 grid :math:`(N_1, \ldots, N_I)`, which is the ordering of ``numpy.kron(A_1, ..., A_I)``.
 
-Metrics for the benchmarks: :func:`nmse` and :func:`support_recovery_rate`.
+Metrics for these problems live in :mod:`bayeslr.metrics` (``nmse``, ``support_recovery_rate``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bayeslr._validation import check_int
+
 __all__ = [
     "IRSMIMOProblem",
     "KroneckerSparseProblem",
@@ -30,8 +32,6 @@ __all__ = [
     "irs_mimo_problem",
     "kron_apply",
     "kronecker_sparse_problem",
-    "nmse",
-    "support_recovery_rate",
 ]
 
 
@@ -110,6 +110,9 @@ def _check_sizes(name: str, v, length: int | None = None) -> tuple[int, ...]:
 def kron_apply(factors: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     r""":math:`(A_1 \otimes \cdots \otimes A_I)\,x` by mode products, never forming the product.
 
+    The NumPy twin of :func:`bayeslr.linalg.kron.kron_mv`: the generators build data in NumPy
+    float64/complex128 (exact SNRs) without depending on JAX's global x64 flag.
+
     Args:
         factors: matrices :math:`A_i` of shape ``(M_i, N_i)``.
         x: vector of length :math:`\prod N_i` (C order) or an array of shape ``(N_1, ..., N_I)``.
@@ -123,37 +126,6 @@ def kron_apply(factors: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     for i, a in enumerate(factors):
         t = np.moveaxis(np.tensordot(a, t, axes=((1,), (i,))), 0, i)
     return t.reshape(-1)
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-
-
-def nmse(x_hat, x) -> float:
-    r"""Normalised mean squared error :math:`\|\hat x - x\|^2 / \|x\|^2` (real or complex)."""
-    x_hat, x = np.asarray(x_hat), np.asarray(x)
-    if x_hat.shape != x.shape:
-        raise ValueError(f"`x_hat` has shape {x_hat.shape} but `x` has shape {x.shape}.")
-    den = float(np.sum(np.abs(x) ** 2))
-    if den == 0:
-        raise ValueError("`x` is all zeros: the NMSE is undefined.")
-    return float(np.sum(np.abs(x_hat - x) ** 2) / den)
-
-
-def support_recovery_rate(s_hat, s) -> float:
-    r"""Support recovery rate :math:`|\hat S \cap S| / |\hat S \cup S|` (Jaccard index).
-
-    Args:
-        s_hat, s: boolean masks of one shape (estimated and true support).
-
-    Returns:
-        A value in [0, 1]; 1 when both supports are empty.
-    """
-    s_hat, s = np.asarray(s_hat, bool), np.asarray(s, bool)
-    if s_hat.shape != s.shape:
-        raise ValueError(f"`s_hat` has shape {s_hat.shape} but `s` has shape {s.shape}.")
-    union = int(np.sum(s_hat | s))
-    return 1.0 if union == 0 else float(np.sum(s_hat & s) / union)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,8 +404,7 @@ def irs_mimo_problem(
         cluster=cluster,
     )  # fmt: skip
     for name, v in sizes.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
+        check_int(name, v, minimum=1)
     if grid % 2:
         raise ValueError(
             f"`grid` must be even (cascaded IRS angles then fall on the grid); got {grid}."

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeslr._validation import check_finite
+from bayeslr._validation import check_finite, check_int
 from bayeslr.infer.posterior import Posterior, _as_key, _check_dims_coords, inspect_model
 
 __all__ = ["fit", "EarlyStopping", "METHODS"]
@@ -94,8 +94,8 @@ class EarlyStopping:
     min_steps: int = 0
 
     def __post_init__(self):
-        _check_int("early_stopping.window", self.window, minimum=1)
-        _check_int("early_stopping.min_steps", self.min_steps, minimum=0)
+        check_int("early_stopping.window", self.window, minimum=1)
+        check_int("early_stopping.min_steps", self.min_steps, minimum=0)
         for name in ("rtol", "atol"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
@@ -209,7 +209,7 @@ def fit(
         raise TypeError(f"`progress_bar` must be a bool; got {progress_bar!r}.")
     if check_data:
         check_model_data(args, kwargs)
-    _check_int("num_samples", num_samples, minimum=1)
+    check_int("num_samples", num_samples, minimum=1)
     given = {
         "num_warmup": num_warmup,
         "num_chains": num_chains,
@@ -249,7 +249,7 @@ def fit(
         )
 
     if method == "svi":
-        _check_int("num_steps", 5000 if num_steps is None else num_steps, minimum=1)
+        check_int("num_steps", 5000 if num_steps is None else num_steps, minimum=1)
         return _fit_svi(
             key,
             sites=sites,
@@ -269,9 +269,9 @@ def fit(
     target_accept = 0.8 if target_accept is None else target_accept
     max_tree_depth = 10 if max_tree_depth is None else max_tree_depth
     dense_mass = False if dense_mass is None else dense_mass
-    _check_int("num_warmup", num_warmup, minimum=0)
-    _check_int("num_chains", num_chains, minimum=1)
-    _check_int("max_tree_depth", max_tree_depth, minimum=1)
+    check_int("num_warmup", num_warmup, minimum=0)
+    check_int("num_chains", num_chains, minimum=1)
+    check_int("max_tree_depth", max_tree_depth, minimum=1)
     if not isinstance(target_accept, (int, float)) or not 0 < target_accept < 1:
         raise ValueError(f"`target_accept` must be a number in (0, 1); got {target_accept!r}.")
     if not isinstance(dense_mass, bool):
@@ -298,13 +298,6 @@ def fit(
 
 # --------------------------------------------------------------------------------------------
 # validation
-
-
-def _check_int(name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
 
 
 def check_model_data(args: tuple, kwargs: Mapping[str, Any]) -> None:

@@ -86,6 +86,8 @@ from jaxtyping import Array, ArrayLike
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import Messenger
 
+from bayeslr._validation import check_int
+
 __all__ = [
     "STEP_KEY",
     "BASELINE_KEY",
@@ -155,14 +157,7 @@ class ParticleTerms(NamedTuple):
 
 
 def _check_num_particles(num_particles, minimum: int = 1) -> int:
-    if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
-        raise TypeError(
-            f"`num_particles` must be an int >= {minimum}; got {num_particles!r} "
-            f"of type {type(num_particles).__name__}."
-        )
-    if num_particles < minimum:
-        raise ValueError(f"`num_particles` must be an int >= {minimum}; got {num_particles}.")
-    return int(num_particles)
+    return check_int("num_particles", num_particles, minimum=minimum)
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -751,10 +746,7 @@ class LinearWarmup:
     """
 
     def __init__(self, total_steps: int, cap: float = 1.0):
-        if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
-            raise TypeError(f"`total_steps` must be a positive int; got {total_steps!r}.")
-        if total_steps < 1:
-            raise ValueError(f"`total_steps` must be a positive int; got {total_steps}.")
+        total_steps = check_int("total_steps", total_steps, minimum=1)
         cap = _check_real("cap", cap)
         if cap < 0:
             raise ValueError(f"`cap` must be >= 0; got {cap}.")

@@ -146,7 +146,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from bayeslr._validation import check_finite, is_concrete
+from bayeslr._validation import check_finite, check_int, is_concrete
 from bayeslr.infer.posterior import Posterior, _as_key
 from bayeslr.linalg.kron import (
     kron_adjoint_mv,
@@ -291,8 +291,7 @@ def _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters,
     if not (isinstance(prune, (int, float)) and 0 <= prune < 1):
         raise ValueError(f"`prune` must be a relative threshold in [0, 1); got {prune!r}.")
     for name, v in (("max_iter", max_iter), ("am_sweeps", am_sweeps), ("power_iters", power_iters)):
-        if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
+        check_int(name, v, minimum=1)
     for name, v in (("tol", tol), ("am_tol", am_tol), ("support_z", support_z)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise ValueError(f"`{name}` must be a finite non-negative float; got {v!r}.")
@@ -937,7 +936,7 @@ def krosbl_em(
         power_iters=int(power_iters),
         support_z=float(support_z),
         coupling=betas,
-        restarts=_check_restarts(restarts),
+        restarts=check_int("restarts", restarts, minimum=1),
         seed=int(seed),
     )
 
@@ -945,15 +944,6 @@ def krosbl_em(
         return _em_single(yv, factors, noise, **opts)
 
     return jax.vmap(one)(y) if batched else one(y)
-
-
-def _check_restarts(restarts) -> int:
-    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
-        raise ValueError(
-            f"`restarts` must be an int >= 1 (EM runs from different starts; the lowest "
-            f"objective wins); got {restarts!r}."
-        )
-    return int(restarts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -995,8 +985,7 @@ def krosbl_sample(
     y, factors, batched = _check_problem(y, factors, sigma2)
     if batched:
         raise ValueError(f"`y` must be 1-D here (one measurement vector); got shape {y.shape}.")
-    if not (isinstance(num_draws, (int, np.integer)) and num_draws >= 1):
-        raise ValueError(f"`num_draws` must be a positive int; got {num_draws!r}.")
+    check_int("num_draws", num_draws, minimum=1)
     key = _as_key(rng_key)
     dtype = y.dtype
     rdt = _real_dtype(dtype)
@@ -1086,10 +1075,9 @@ class KroneckerSBL:
         restarts: int = 1,
     ):
         _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z)
-        self.restarts = _check_restarts(restarts)
+        self.restarts = check_int("restarts", restarts, minimum=1)
         _check_coupling_method(coupling, method)
-        if not (isinstance(num_draws, (int, np.integer)) and num_draws >= 0):
-            raise ValueError(f"`num_draws` must be a non-negative int; got {num_draws!r}.")
+        check_int("num_draws", num_draws, minimum=0)
         self.method = method
         self.noise = noise
         self.prune = prune

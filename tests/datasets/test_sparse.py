@@ -6,8 +6,6 @@ from bayeslr.datasets import (
     irs_mimo_problem,
     kron_apply,
     kronecker_sparse_problem,
-    nmse,
-    support_recovery_rate,
 )
 
 
@@ -84,16 +82,6 @@ def test_bad_inputs_raise():
         kronecker_sparse_problem("seed")
     with pytest.raises(ValueError, match="grid"):
         irs_mimo_problem(0, grid=17)
-
-
-def test_metrics():
-    x = np.array([1.0, 0.0, 2.0])
-    assert nmse(x, x) == 0 and np.isclose(nmse(np.zeros(3), x), 1.0)
-    s = np.array([True, True, False, False])
-    assert support_recovery_rate(s, s) == 1.0
-    assert np.isclose(support_recovery_rate(np.array([True, False, True, False]), s), 1 / 3)
-    with pytest.raises(ValueError, match="all zeros"):
-        nmse(x, np.zeros(3))
 
 
 def test_angle_dictionary_columns():
