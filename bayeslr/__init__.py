@@ -11,12 +11,13 @@ way through inference. Subpackages, lowest layer first:
   returning a :class:`~bayeslr.infer.Posterior` with ``predict`` and ``to_arviz``; pluggable
   variational objectives.
 * :mod:`bayeslr.models` — the model library (so far: :class:`~bayeslr.models.KroneckerSBL`).
+* :mod:`bayeslr.metrics` — NMSE, support recovery rate.
 * :mod:`bayeslr.datasets` — real data that ship offline, and synthetic generators.
 
 Importing bayeslr computes and compiles nothing.
 """
 
-from bayeslr import datasets, distributions, gp, infer, linalg, models
+from bayeslr import datasets, distributions, gp, infer, linalg, metrics, models
 from bayeslr.distributions import GaussMarkovGP, KroneckerNormal
 from bayeslr.gp import (
     RBF,
@@ -40,6 +41,7 @@ __all__ = [
     "datasets",
     "infer",
     "models",
+    "metrics",
     "fit",
     "Posterior",
     "KroneckerNormal",
