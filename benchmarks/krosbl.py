@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import math
 import sys
 import time
@@ -71,6 +70,9 @@ REF_SNR = 25
 BIG = dict(n=(64, 64, 64), m=(32, 32, 64), k=3, snr_db=25.0)
 IRS_SNRS = (4, 8, 12, 16, 20)
 PC_BETA = 0.8
+PC_PRUNE = (1e-2, 1e-1, 1e-2)  # the reference's per-factor thresholds for PC-KroSBL
+IRS_MAX_ITER = 1000  # AM and PC-KroSBL need 200-1000 EM iterations here (150 stops them early)
+RESTARTS = 16  # the extra SVD-KroSBL row at 25 dB
 
 TARGET_NMSE = 1e-3
 TARGET_T = 0.05
@@ -93,11 +95,13 @@ REF_IRS = {
     "cSBL": (-0.2, -1.4, -3.3, -6.4, -8.4, "63 / 9.0"),
     "PC-SBL": (0.0, 0.1, -0.4, -2.2, -4.3, "88 / 46"),
 }
-LABEL = {"svd": "SVD-KroSBL", "am": "AM-KroSBL", "sbl": "classic SBL", "pc": "PC-KroSBL"}
-
-
-def has_coupling() -> bool:
-    return "coupling" in inspect.signature(krosbl_em).parameters
+LABEL = {
+    "svd": "SVD-KroSBL",
+    "svd_r": f"SVD-KroSBL, restarts={RESTARTS}",
+    "am": "AM-KroSBL",
+    "sbl": "classic SBL",
+    "pc": "PC-KroSBL",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +160,12 @@ def run_ard(p):
 
 
 def part_synthetic(trials: int, sbl_trials: int, sbl_snrs, ard_trials: int):
-    fitters = {"svd": Fitter("svd"), "am": Fitter("am"), "sbl": Fitter("sbl")}
+    fitters = {
+        "svd": Fitter("svd"),
+        "am": Fitter("am"),
+        "sbl": Fitter("sbl"),
+        "svd_r": Fitter("svd", restarts=RESTARTS),
+    }
     recs = {m: {s: [] for s in SNRS} for m in fitters}
     for snr in SNRS:
         for t in range(trials):
@@ -167,6 +176,9 @@ def part_synthetic(trials: int, sbl_trials: int, sbl_snrs, ard_trials: int):
             if snr in sbl_snrs and t < sbl_trials:
                 res, dt = fitters["sbl"](p.y, p.factors, p.sigma2)
                 recs["sbl"][snr].append(_score(res, p, dt))
+            if snr == REF_SNR:
+                res, dt = fitters["svd_r"](p.y, p.factors, p.sigma2)
+                recs["svd_r"][snr].append(_score(res, p, dt))
         line = "  ".join(
             f"{m} nmse {np.mean([r['nmse'] for r in recs[m][snr]]):.2e} "
             f"srr {np.mean([r['srr'] for r in recs[m][snr]]):.2f} "
@@ -212,7 +224,7 @@ def _score(res, p, dt):
 def synthetic_table(recs) -> str:
     rows = []
     for snr in SNRS:
-        for m in ("svd", "am", "sbl"):
+        for m in ("svd", "svd_r", "am", "sbl"):
             rs = recs[m][snr]
             if not rs:
                 continue
@@ -284,27 +296,19 @@ def part_scale(repeats: int):
 # part 3: IRS-MIMO
 
 
-def _pc_fitter():
-    """PC-KroSBL (AM with coupled IRS and BS factors), or (None, why) without ``coupling``."""
-    if not has_coupling():
-        return None, "`coupling=` is not in krosbl_em's signature in this checkout"
-    tried = []
-    for coupling in ((PC_BETA, None, PC_BETA), (PC_BETA, 0.0, PC_BETA)):
-        try:
-            fit = Fitter("am", coupling=coupling)
-            p = irs_mimo_problem(0, 20.0)
-            fit(p.y, p.factors, p.sigma2)
-            return fit, f"coupling={coupling}"
-        except Exception as err:  # report, not crash: the option may be mid-development
-            tried.append(f"coupling={coupling}: {type(err).__name__}: {err}"[:300])
-    return None, "PC-KroSBL failed: " + " | ".join(tried)
-
-
 def part_irs(trials: int):
-    fitters = {"svd": Fitter("svd"), "am": Fitter("am")}
-    pc, pc_note = _pc_fitter()
-    if pc is not None:
-        fitters["pc"] = pc
+    fitters = {
+        "svd": Fitter("svd", max_iter=IRS_MAX_ITER),
+        "am": Fitter("am", max_iter=IRS_MAX_ITER),
+        "pc": Fitter(
+            "am", coupling=(PC_BETA, None, PC_BETA), prune=PC_PRUNE, max_iter=IRS_MAX_ITER
+        ),
+    }
+    pc_note = (
+        f"AM with coupling=({PC_BETA}, None, {PC_BETA}) (IRS-AoA and BS-AoA factors coupled) "
+        f"and the reference's per-factor prune={PC_PRUNE}; every IRS method runs with "
+        f"max_iter={IRS_MAX_ITER}"
+    )
     recs = {m: {s: [] for s in IRS_SNRS} for m in fitters}
     for snr in IRS_SNRS:
         for t in range(trials):
@@ -316,6 +320,7 @@ def part_irs(trials: int):
                         "nmse": p.channel_nmse(np.asarray(res.mean)),
                         "nmse_x": nmse(np.asarray(res.mean), p.x),
                         "t": dt,
+                        "n_iter": int(res.n_iter),
                     }
                 )
         print(
@@ -329,19 +334,20 @@ def _db(rs, key="nmse") -> float:
     return 10 * math.log10(float(np.mean([r[key] for r in rs])))
 
 
+def _db_median(rs, key="nmse") -> float:
+    return 10 * math.log10(float(np.median([r[key] for r in rs])))
+
+
 def irs_table(recs, trials: int) -> str:
     rows = []
     for m in ("pc", "svd", "am"):
-        if m not in recs:
-            rows.append((f"{LABEL[m]} β={PC_BETA} (bayeslr)", *["n/a"] * 5, "n/a"))
-            continue
         label = f"{LABEL[m]} β={PC_BETA} (bayeslr)" if m == "pc" else f"{LABEL[m]} (bayeslr)"
         t_lo = float(np.median([r["t"] for r in recs[m][IRS_SNRS[0]]]))
         t_hi = float(np.median([r["t"] for r in recs[m][IRS_SNRS[-1]]]))
         rows.append(
             (
                 label,
-                *[f"{_db(recs[m][s]):.1f}" for s in IRS_SNRS],
+                *[f"{_db(recs[m][s]):.1f} ({_db_median(recs[m][s]):.1f})" for s in IRS_SNRS],
                 f"{t_lo:.3g} / {t_hi:.3g}",
             )
         )
@@ -351,7 +357,9 @@ def irs_table(recs, trials: int) -> str:
     return (
         markdown_table(headers, rows)
         + f"\n\nbayeslr rows: {trials} trials per SNR, NMSE of the cascaded channels "
-        "H₂diag(θ_p)H₁ averaged over the 6 IRS patterns, then over trials, in dB."
+        "H₂diag(θ_p)H₁ averaged over the 6 IRS patterns, then over trials, in dB (in "
+        "brackets: the median over trials; a gap between the two means a few trials failed "
+        "badly)."
     )
 
 
@@ -403,6 +411,7 @@ def main(argv=None) -> int:
 
     svd25 = recs["svd"][REF_SNR]
     nmse_svd = float(np.mean([r["nmse"] for r in svd25]))
+    nmse_restarts = float(np.mean([r["nmse"] for r in recs["svd_r"][REF_SNR]]))
     srr_svd = float(np.mean([r["srr"] for r in svd25]))
     t_trial = float(np.median([r["t"] for r in svd25]))
     speedup, ard_note = None, "ARD skipped (--quick or --ard-trials 0)"
@@ -418,7 +427,7 @@ def main(argv=None) -> int:
         )
         if svd_nmse > ard_nmse:
             ard_note += " (SVD-KroSBL is NOT at equal-or-better NMSE here)"
-    pc_db = _db(irs["pc"][IRS_SNRS[-1]]) if "pc" in irs else None
+    pc_db = _db(irs["pc"][IRS_SNRS[-1]])
 
     result = dict(
         nmse_svd_25db=nmse_svd,
@@ -453,6 +462,8 @@ def main(argv=None) -> int:
         targets = [
             ("SVD-KroSBL NMSE at 25 dB (mean)", f"<= {TARGET_NMSE:g}", fmt_e(nmse_svd),
              _ok(nmse_svd <= TARGET_NMSE)),
+            (f"the same with restarts={RESTARTS}", f"<= {TARGET_NMSE:g}", fmt_e(nmse_restarts),
+             _ok(nmse_restarts <= TARGET_NMSE)),
             ("SVD-KroSBL time per trial (median, 25 dB)", f"< {TARGET_T} s", fmt_s(t_trial),
              _ok(t_trial < TARGET_T)),
             ("speedup vs ARDRegression at equal or better NMSE", f">= {TARGET_SPEEDUP:g}x",
@@ -463,8 +474,7 @@ def main(argv=None) -> int:
             ("fit at N = 262,144", f"< {TARGET_T_BIG:g} s", fmt_s(big["t"]),
              _ok(big["t"] < TARGET_T_BIG)),
             ("PC-KroSBL NMSE at 20 dB (IRS)", "reference -25.3 dB",
-             "n/a" if pc_db is None else f"{pc_db:.1f} dB",
-             "n/a" if pc_db is None else _ok(pc_db <= -25.3)),
+             f"{pc_db:.1f} dB", _ok(pc_db <= -25.3)),
         ]  # fmt: skip
         big_table = markdown_table(
             ["N", "M", "fit (median, s)", "compile (s)", "EM iters", "NMSE", "SRR", "‖y−Aμ‖/‖y‖"],
@@ -536,9 +546,17 @@ def main(argv=None) -> int:
                 "factor and combined as a Kronecker product), not the reference's fixed "
                 "1e-3·max|x̂| threshold after pruning.\n"
                 "- Pruning: the library defaults (1e-5 of max γ_i for SVD, 1e-3 for SBL, 1e-2 "
-                "for AM), "
-                "at every SNR and in the IRS case too (the reference's IRS SVD code prunes only "
-                "at ≥ 25 dB).\n"
+                "for AM), at every SNR and in the IRS case too (the reference's IRS SVD code "
+                "prunes only at ≥ 25 dB); PC-KroSBL uses the reference's per-factor "
+                f"{PC_PRUNE}.\n"
+                f"- The restarts row runs {RESTARTS} EM starts (vmapped) and keeps the lowest "
+                "final objective; the mean NMSE of every method is dominated by the few trials "
+                "(1-3 of 50) that end in a local minimum with a wrong support on the 8×15 factor "
+                "(the oracle γ has a clearly lower objective there).\n"
+                "- IRS: our generator (bayeslr.datasets.irs_mimo_problem) models the IRS as a "
+                "ULA with cascaded on-grid angles; the reference's MATLAB generator differs "
+                "(its SVD and AM rows are 10-20 dB worse than ours at 20 dB), so the reference "
+                "rows are context, not a same-data comparison.\n"
                 "- Noise variance known (σ² = ‖Ax‖²/(M·SNR)), as in the paper's main "
                 "experiments; every trial draws new dictionaries (synthetic) or new angles, "
                 "gains, pilots and IRS patterns (IRS).\n"

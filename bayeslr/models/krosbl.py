@@ -138,6 +138,7 @@ machine", JMLR 2001.
 from __future__ import annotations
 
 import string
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -288,13 +289,32 @@ def _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters,
         raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
     if prune is None:
         prune = DEFAULT_PRUNE[method]
-    if not (isinstance(prune, (int, float)) and 0 <= prune < 1):
-        raise ValueError(f"`prune` must be a relative threshold in [0, 1); got {prune!r}.")
+    _check_prune(prune)
     for name, v in (("max_iter", max_iter), ("am_sweeps", am_sweeps), ("power_iters", power_iters)):
         check_int(name, v, minimum=1)
     for name, v in (("tol", tol), ("am_tol", am_tol), ("support_z", support_z)):
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise ValueError(f"`{name}` must be a finite non-negative float; got {v!r}.")
+
+
+def _check_prune(prune, n_factors: int | None = None) -> tuple[float, ...] | float:
+    """Validate ``prune`` (a threshold or one per factor); with ``n_factors``, one per factor."""
+
+    def one(v, name):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v < 1):
+            raise ValueError(f"`{name}` must be a relative threshold in [0, 1); got {v!r}.")
+        return float(v)
+
+    if isinstance(prune, Sequence) and not isinstance(prune, (str, bytes)):
+        out = tuple(one(v, f"prune[{i}]") for i, v in enumerate(prune))
+        if n_factors is not None and len(out) != n_factors:
+            raise ValueError(
+                f"`prune` must be one threshold or one per factor ({n_factors} here); got "
+                f"{len(out)} entries {list(prune)!r}."
+            )
+        return out
+    r = one(prune, "prune")
+    return r if n_factors is None else (r,) * n_factors
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,7 +760,7 @@ def _em_single(
             return (jnp.where(gs[0] > 0, dvec, 0.0),)
 
         def prune_all(gs):
-            return (_prune(gs[0], prune),)
+            return (_prune(gs[0], max(prune)),)
 
         def full(gs):
             return gs[0]
@@ -773,7 +793,7 @@ def _em_single(
                 return _svd_mstep(dgrid, gs, power_iters)
 
         def prune_all(gs):
-            return tuple(_prune(g, prune) for g in gs)
+            return tuple(_prune(g, r) for g, r in zip(gs, prune, strict=True))
 
         def full(gs):
             return kron_outer(list(gs)).reshape(-1)
@@ -857,7 +877,7 @@ def krosbl_em(
     *,
     method: str = "svd",
     noise: float | None = None,
-    prune: float | None = None,
+    prune: float | Sequence[float] | None = None,
     max_iter: int = 150,
     tol: float = 1e-4,
     am_sweeps: int = 10,
@@ -881,7 +901,9 @@ def krosbl_em(
         noise: known noise variance :math:`\sigma^2 > 0`, or ``None`` to learn it.
         prune: relative threshold :math:`r`: :math:`\gamma_i[k] < r\max\gamma_i` is set to 0;
             ``None`` picks the method's default (``1e-5`` for ``"svd"``, ``1e-2`` for
-            ``"am"``, ``1e-3`` for ``"sbl"``).
+            ``"am"``, ``1e-3`` for ``"sbl"``); or one threshold per factor (the reference's
+            PC-KroSBL uses ``(1e-2, 1e-1, 1e-2)`` on IRS-MIMO). ``"sbl"`` prunes the full
+            :math:`\gamma` with the largest of them.
         max_iter: maximum EM iterations.
         tol: stop when the relative change of :math:`\otimes\gamma` is below ``tol``.
         am_sweeps, am_tol: AM block sweeps per M-step and their stopping tolerance.
@@ -928,7 +950,7 @@ def krosbl_em(
         betas = None
     opts = dict(
         method=method,
-        prune=float(prune),
+        prune=_check_prune(prune, len(factors)),
         max_iter=int(max_iter),
         tol=float(tol),
         am_sweeps=int(am_sweeps),
@@ -1042,8 +1064,8 @@ class KroneckerSBL:
     Args:
         method: ``"svd"`` (default), ``"am"`` or ``"sbl"`` (see :func:`krosbl_em`).
         noise: known noise variance :math:`\sigma^2 > 0`, or ``None`` to learn it.
-        prune: relative pruning threshold per factor (``None``: ``1e-5`` for SVD, ``1e-2``
-            for AM, ``1e-3`` for SBL).
+        prune: relative pruning threshold, one for all factors or one per factor (``None``:
+            ``1e-5`` for SVD, ``1e-2`` for AM, ``1e-3`` for SBL).
         max_iter: maximum EM iterations (default 150).
         tol: relative change of :math:`\otimes\gamma` at which EM stops (default ``1e-4``).
         support_z: threshold :math:`z` of the support rule (default 3).
@@ -1062,7 +1084,7 @@ class KroneckerSBL:
         self,
         method: str = "svd",
         noise: float | None = None,
-        prune: float | None = None,
+        prune: float | Sequence[float] | None = None,
         max_iter: int = 150,
         tol: float = 1e-4,
         support_z: float = 3.0,
@@ -1131,6 +1153,16 @@ class KroneckerSBL:
             seed=self.seed,
         )
         self.result_ = res
+        conv = np.atleast_1d(np.asarray(res.converged))
+        if not conv.all():
+            which = "" if conv.size == 1 else f" for {int((~conv).sum())} of {conv.size} frames"
+            warnings.warn(
+                f"KroSBL EM stopped at max_iter={self.max_iter}{which} before the relative change "
+                f"of γ fell below tol={self.tol}; the estimate may be far from converged (AM "
+                "and PC-KroSBL often need several hundred iterations): raise `max_iter`.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         y_arr = np.asarray(y)
         batched = y_arr.ndim == 2
         rows = range(y_arr.shape[0]) if batched else [None]

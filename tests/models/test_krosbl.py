@@ -439,3 +439,31 @@ def test_restarts_escape_a_local_minimum(x64):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="`restarts` must be an int >= 1"):
             krosbl_em(y, factors, method="svd", noise=p.sigma2, restarts=bad)
+
+
+def test_per_factor_prune(x64, rng):
+    ns, ms = (8, 7), (5, 5)
+    a = _dict(rng, ms, ns)
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.05 * rng.standard_normal(25)
+    same = krosbl_em(y, a, method="am", noise=0.0025, prune=1e-2)
+    both = krosbl_em(y, a, method="am", noise=0.0025, prune=(1e-2, 1e-2))
+    np.testing.assert_array_equal(np.asarray(both.mean), np.asarray(same.mean))
+    # a threshold of 0.5 on factor 1 only: factor 0 keeps entries below half its peak
+    mixed = krosbl_em(y, a, method="am", noise=0.0025, prune=(0.0, 0.5))
+    g0, g1 = (np.asarray(g) for g in mixed.gammas)
+    assert np.all(g1[g1 > 0] >= 0.5 * g1.max() * (1 - 1e-9))
+    assert np.any((g0 > 0) & (g0 < 0.5 * g0.max()))
+    for bad, match in (((0.1,), "one per factor"), ((0.1, 1.5), r"prune\[1\]"), (True, "prune")):
+        with pytest.raises(ValueError, match=match):
+            krosbl_em(y, a, method="am", noise=0.0025, prune=bad)
+
+
+def test_fit_warns_when_em_hits_max_iter(x64, rng):
+    ns, ms = (8, 7), (5, 5)
+    a = _dict(rng, ms, ns)
+    y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.05 * rng.standard_normal(25)
+    with pytest.warns(RuntimeWarning, match="max_iter=2"):
+        post = KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_draws=0).fit(y, a)
+    assert not post.extra["converged"]
+    with pytest.warns(RuntimeWarning, match="for 2 of 2 frames"):
+        KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_draws=0).fit(np.stack([y, y]), a)
