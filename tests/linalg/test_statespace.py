@@ -639,3 +639,62 @@ def test_approximate_rbf_state_space(x64, rng):
     K_exact = np.asarray(k(jnp.asarray(t), jnp.asarray(t)))
     ll_exact, _, _ = _dense_from_joint(K_exact, y, r, np.ones(len(t), bool))
     assert abs(float(ll) - ll_exact) / abs(ll_exact) < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian site potentials on R independent GPs
+
+
+def _dense_sites(kernel, t, lam, eta):
+    n, R = eta.shape
+    with jax.enable_x64(True):
+        K = np.asarray(kernel(jnp.asarray(t, jnp.float64), jnp.asarray(t, jnp.float64)))
+    # state ordered (time, component): prior blockdiag over components
+    prior = np.zeros((n * R, n * R))
+    for r in range(R):
+        prior[r::R, r::R] = K
+    site = scipy.linalg.block_diag(*lam)
+    cov = np.linalg.inv(np.linalg.inv(prior) + site)
+    mean = cov @ eta.reshape(-1)
+    covs = np.stack([cov[k * R : (k + 1) * R, k * R : (k + 1) * R] for k in range(n)])
+    return mean.reshape(n, R), covs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel_cls", [Matern12, Matern32])
+def test_smooth_gaussian_sites_matches_dense(rng, dtype, kernel_cls):
+    n, R = 9, 3
+    t = np.sort(rng.uniform(0.0, 3.0, n))
+    b = rng.standard_normal((n, R, 2))
+    lam = b @ np.swapaxes(b, 1, 2)  # rank-2 site precisions: singular on purpose
+    lam[4] = 0.0  # a site with no information (a prediction point)
+    eta = rng.standard_normal((n, R))
+    eta[4] = 0.0
+    kernel = kernel_cls(variance=1.3, lengthscale=0.7)
+    want_m, want_c = _dense_sites(kernel, t, lam, eta)
+    with jax.enable_x64(dtype == "float64"):
+        fn = jax.jit(ss.smooth_gaussian_sites)
+        mean, cov = fn(kernel, t.astype(dtype), lam.astype(dtype), eta.astype(dtype))
+        assert mean.dtype == jnp.dtype(dtype)
+    tol = {k: 10 * v for k, v in TOL[dtype].items()}
+    np.testing.assert_allclose(np.asarray(mean), want_m, **tol)
+    np.testing.assert_allclose(np.asarray(cov), want_c, **tol)
+
+
+def test_smooth_gaussian_sites_gradient_and_errors(x64, rng):
+    n, R = 6, 2
+    t = np.linspace(0.0, 1.0, n)
+    lam = np.tile(np.eye(R), (n, 1, 1)) * 2.0
+    eta = rng.standard_normal((n, R))
+
+    def loss(e, ls):
+        mean, cov = ss.smooth_gaussian_sites(Matern32(1.0, ls), t, lam, e)
+        return jnp.sum(mean**2) + jnp.sum(cov)
+
+    check_grads(loss, (jnp.asarray(eta), 0.5), order=1, modes=["rev"])
+    with pytest.raises(ValueError, match="`precision` must have shape"):
+        ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t, lam[:-1], eta)
+    with pytest.raises(ValueError, match="`shift` must have shape"):
+        ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t, lam, eta[:, :1])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t[::-1], lam, eta)
