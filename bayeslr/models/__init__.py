@@ -1,5 +1,10 @@
 """The model library: one module per model, each with the model's own fast inference.
 
+* :mod:`bayeslr.models.funbat` — functional Bayesian Tucker decomposition (FunBaT, FunBaT-CP) of
+  continuous-indexed tensors (values at real coordinates such as latitude × longitude × time):
+  latent functions with state-space GP priors, fitted by message passing with a Kalman smoother
+  per mode, linear in the entries; predicts at unseen coordinates with a predictive variance.
+
 * :mod:`bayeslr.models.krosbl` — Kronecker-structured sparse Bayesian learning (KroSBL): EM with
   an exact factored E-step for :math:`y = (A_1 \\otimes \\cdots \\otimes A_I) x + n` with a
   Kronecker-structured sparsity prior; use it for sparse recovery with separable dictionaries
@@ -8,6 +13,7 @@
   prior as a NumPyro model for NUTS/SVI through :func:`bayeslr.infer.fit`.
 """
 
+from bayeslr.models.funbat import FunBaT, FunBaTPosterior
 from bayeslr.models.krosbl import (
     KroneckerSBL,
     KroSBLResult,
@@ -20,6 +26,8 @@ from bayeslr.models.krosbl import (
 )
 
 __all__ = [
+    "FunBaT",
+    "FunBaTPosterior",
     "KroneckerSBL",
     "KroSBLResult",
     "coupling_matrix",
