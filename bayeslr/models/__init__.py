@@ -13,7 +13,7 @@
   prior as a NumPyro model for NUTS/SVI through :func:`bayeslr.infer.fit`.
 """
 
-from bayeslr.models.funbat import FunBaT, FunBaTPosterior
+from bayeslr.models.funbat import FunBaT, FunBaTPosterior, funbat_model
 from bayeslr.models.krosbl import (
     KroneckerSBL,
     KroSBLResult,
@@ -31,6 +31,7 @@ __all__ = [
     "KroneckerSBL",
     "KroSBLResult",
     "coupling_matrix",
+    "funbat_model",
     "krosbl_em",
     "krosbl_estep",
     "krosbl_model",

@@ -241,3 +241,38 @@ def test_kernel_per_mode_and_duplicates_kept():
         FunBaT(rank=1, kernel=object(), progress_bar=False).fit(df, ["t", "s"], "v")
     with pytest.raises(ValueError, match="lacks the coordinate columns"):
         post.predict(pd.DataFrame({"t": [0.1]}))
+
+
+@pytest.mark.slow  # about 20 s on 2 cores, mostly NUTS
+def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
+    from bayeslr.infer import fit
+    from bayeslr.models import funbat_model
+    from bayeslr.models.funbat import funbat_data
+
+    rng = np.random.default_rng(0)
+    g = np.meshgrid(np.linspace(0, 1, 6), np.linspace(0, 1, 7), indexing="ij")
+    f = np.sin(3 * g[0] + 0.5) * np.cos(2 * g[1]) + 0.3
+    df = pd.DataFrame(
+        {
+            "a": g[0].ravel(),
+            "b": g[1].ravel(),
+            "v": (f + 0.1 * rng.standard_normal(f.shape)).ravel(),
+        }
+    )
+    kernel = Matern32(1.0, 0.5)
+    ep = FunBaT(rank=1, cp=True, kernel=kernel, epochs=150, scale=None, standardize=False,
+                damping_u=0.3, damping_core=0.5, damping_noise=0.5, progress_bar=False)  # fmt: skip
+    post = ep.fit(df, ["a", "b"], "v")
+    pred = post.predict(df)
+    d = funbat_data(df[["a", "b"]].to_numpy(), df["v"].to_numpy())
+    nuts = fit(funbat_model, d.idx, d.ticks, d.y, model_kwargs=dict(rank=1, cp=True, kernel=kernel),
+               method="nuts", num_warmup=300, num_samples=300, num_chains=1, progress_bar=False,
+               seed=0)  # fmt: skip
+    fn = np.asarray(nuts.samples["f"]).reshape(-1, len(df))
+    # predictive means within 10% of the noise sd (measured: 0.006 against sd 0.1)
+    assert np.sqrt(np.mean((fn.mean(0) - pred["mean"].to_numpy()) ** 2)) < 0.01
+    # noise precision and the latent sd of f within 15%
+    tau_nuts = float(np.mean(nuts.samples["tau"]))
+    assert abs(post.extra["tau"] - tau_nuts) < 0.15 * tau_nuts
+    sd_ep = np.sqrt(np.maximum(pred["variance"].to_numpy() - 1.0 / post.extra["tau"], 0.0)).mean()
+    assert abs(sd_ep - fn.std(0).mean()) < 0.15 * fn.std(0).mean()
