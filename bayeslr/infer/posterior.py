@@ -362,6 +362,11 @@ class Posterior:
         model = self._require_model("log_likelihood")
         return log_likelihood(model, self.samples, *self.args, batch_ndims=2, **self.kwargs)
 
+    def _has_log_likelihood(self) -> bool:
+        """Whether :meth:`log_likelihood` can run (the model is known; subclasses that compute
+        it from their own draws override both)."""
+        return self.model is not None
+
     # ----------------------------------------------------------------------------------------
     # ArviZ
 
@@ -404,18 +409,17 @@ class Posterior:
         if self.sample_stats:
             data["sample_stats"] = _to_numpy_tree(self.sample_stats)
         observed = self.observed
-        if self.model is not None and observed:
-            if posterior_predictive:
-                pred = self.predict(
-                    *self.args,
-                    rng_key=rng_key,
-                    return_sites=list(observed),
-                    group_by_chain=True,
-                    **self.kwargs,
-                )
-                data["posterior_predictive"] = _to_numpy_tree(pred)
-            if log_likelihood:
-                data["log_likelihood"] = _to_numpy_tree(self.log_likelihood())
+        if self.model is not None and observed and posterior_predictive:
+            pred = self.predict(
+                *self.args,
+                rng_key=rng_key,
+                return_sites=list(observed),
+                group_by_chain=True,
+                **self.kwargs,
+            )
+            data["posterior_predictive"] = _to_numpy_tree(pred)
+        if observed and log_likelihood and self._has_log_likelihood():
+            data["log_likelihood"] = _to_numpy_tree(self.log_likelihood())
         if observed:
             data["observed_data"] = observed
         used = {d for group in data.values() for var in group for d in self.dims.get(var, [])}

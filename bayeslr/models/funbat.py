@@ -434,7 +434,8 @@ class FunBaTPosterior(Posterior):
     draws.
     """
 
-    def _setup(self, *, state, kernels, columns, value, ticks, scale, y_mean, y_sd, cp):
+    def _setup(self, *, state, kernels, columns, value, ticks, scale, y_mean, y_sd, cp, idx):
+        self._idx = jnp.asarray(idx)
         self.state = state
         self.kernels = tuple(kernels)
         self.columns = tuple(columns)
@@ -445,6 +446,41 @@ class FunBaTPosterior(Posterior):
         self.y_sd = float(y_sd)
         self.cp = bool(cp)
         return self
+
+    #: largest draws x entries for which ``to_arviz`` includes ``log_likelihood``
+    MAX_LOG_LIKELIHOOD_SIZE = 50_000_000
+
+    def _has_log_likelihood(self) -> bool:
+        return self.num_chains * self.num_draws * self._idx.shape[0] <= self.MAX_LOG_LIKELIHOOD_SIZE
+
+    def log_likelihood(self) -> dict[str, jax.Array]:
+        r"""Pointwise :math:`\log N(y_n \mid f_n^{(s)}, 1/\tau^{(s)})` per stored draw, in the
+        original units of the value column (``(chain, draw, entry)``), for ``az.loo``.
+
+        The draws of :math:`u` are marginal per coordinate, so each entry's term uses a draw of
+        its own coordinates' functions (correct marginally under :math:`q`). ``to_arviz``
+        includes it when draws × entries ≤ ``MAX_LOG_LIKELIHOOD_SIZE``.
+        """
+        s = self.samples
+        K = len(self.columns)
+        idx = self._idx
+        y = (self.observed[self.value] - self.y_mean) / self.y_sd
+
+        def one(draw):
+            us = [draw[f"u_{c}"][idx[:, k]] for k, c in enumerate(self.columns)]
+            if self.cp:
+                f = jnp.sum(jnp.prod(jnp.stack(us), axis=0), axis=1)
+            else:
+                f = jnp.einsum(
+                    _AX[:K] + "," + ",".join(f"n{_AX[j]}" for j in range(K)) + "->n",
+                    draw["W"], *us, precision=_HI,
+                )  # fmt: skip
+            tau = draw["tau"]
+            return 0.5 * (jnp.log(tau) - np.log(2 * np.pi)) - 0.5 * tau * (y - f) ** 2
+
+        flat = {k: jnp.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in s.items()}
+        ll = jax.lax.map(one, flat) - np.log(self.y_sd)
+        return {self.value: ll.reshape(self.num_chains, self.num_draws, -1)}
 
     def _scaled(self, k, values):
         lo, span = self.scale[k]
@@ -717,7 +753,7 @@ class FunBaT:
         )
         return post._setup(
             state=state, kernels=kernels, columns=coords, value=value, ticks=data.ticks,
-            scale=scale, y_mean=y_mean, y_sd=y_sd, cp=self.cp,
+            scale=scale, y_mean=y_mean, y_sd=y_sd, cp=self.cp, idx=data.idx,
         )  # fmt: skip
 
     def _draws(self, key, state, coords, data, scale):

@@ -2,11 +2,13 @@
 
 import functools
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from bayeslr.datasets import (
     funbat_synthetic,
@@ -175,7 +177,7 @@ def test_tucker_rank2_three_modes_float32_and_arviz():
     val = np.sin(3 * g[0]) * np.cos(2 * g[1]) + 0.5 * g[2] * np.sin(4 * g[0])
     df = pd.DataFrame({"a": g[0].ravel(), "b": g[1].ravel(), "c": g[2].ravel(), "v": val.ravel()})
     train, test = split_entries(df, 0.2, seed=1)
-    post = FunBaT(rank=2, kernel=Matern32(1.0, 0.3), epochs=30, num_draws=20, **FAST).fit(
+    post = FunBaT(rank=2, kernel=Matern32(1.0, 0.3), epochs=30, num_draws=100, **FAST).fit(
         train, ["a", "b", "c"], "v"
     )
     assert post.state.mu[0].dtype == jnp.float32
@@ -184,8 +186,23 @@ def test_tucker_rank2_three_modes_float32_and_arviz():
     assert np.all(np.isfinite(pred.to_numpy()))
     assert np.sqrt(np.mean(err**2)) < 0.2 * test["v"].std()
     dt = post.to_arviz()
-    assert set(dt.children) >= {"posterior", "observed_data"}
-    assert dt["posterior"]["W"].shape == (1, 20, 2, 2, 2)
+    assert set(dt.children) >= {"posterior", "observed_data", "log_likelihood"}
+    # pointwise log-likelihood of draw 0, by hand in the original units
+    d0 = {k: np.asarray(v)[0, 0] for k, v in post.samples.items()}
+    ticks = [np.unique(train[c].to_numpy(np.float64)) for c in "abc"]
+    pos = [
+        np.searchsorted(t, train[c].to_numpy(np.float64)) for t, c in zip(ticks, "abc", strict=True)
+    ]
+    f = np.einsum(
+        "abc,na,nb,nc->n", d0["W"], *(d0[f"u_{c}"][p] for c, p in zip("abc", pos, strict=True))
+    )
+    f = f * post.y_sd + post.y_mean
+    sd = post.y_sd / np.sqrt(d0["tau"])
+    want = scipy.stats.norm.logpdf(train["v"].to_numpy(), f, sd)
+    got = dt["log_likelihood"]["v"].values[0, 0]
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+    assert np.isfinite(az.loo(dt).elpd)
+    assert dt["posterior"]["W"].shape == (1, 100, 2, 2, 2)
     assert dt["posterior"]["u_a"].dims == ("chain", "draw", "a", "rank")
     np.testing.assert_allclose(dt["posterior"]["a"].values, np.unique(train["a"]), rtol=1e-6)
 
