@@ -297,6 +297,21 @@ def _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters,
             raise ValueError(f"`{name}` must be a finite non-negative float; got {v!r}.")
 
 
+def _per_factor(name: str, value, n_factors: int | None, one, what: str):
+    """``value`` as one setting for every factor or a sequence with one per factor, each
+    checked by ``one(v, label)``; with ``n_factors``, returned as one entry per factor."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        out = tuple(one(v, f"{name}[{i}]") for i, v in enumerate(value))
+        if n_factors is not None and len(out) != n_factors:
+            raise ValueError(
+                f"`{name}` must hold {what} per factor, {n_factors} here; got {len(out)} "
+                f"entries {list(value)!r}."
+            )
+        return out
+    v = one(value, name)
+    return v if n_factors is None else (v,) * n_factors
+
+
 def _check_prune(prune, n_factors: int | None = None) -> tuple[float, ...] | float:
     """Validate ``prune`` (a threshold or one per factor); with ``n_factors``, one per factor."""
 
@@ -305,16 +320,7 @@ def _check_prune(prune, n_factors: int | None = None) -> tuple[float, ...] | flo
             raise ValueError(f"`{name}` must be a relative threshold in [0, 1); got {v!r}.")
         return float(v)
 
-    if isinstance(prune, Sequence) and not isinstance(prune, (str, bytes)):
-        out = tuple(one(v, f"prune[{i}]") for i, v in enumerate(prune))
-        if n_factors is not None and len(out) != n_factors:
-            raise ValueError(
-                f"`prune` must be one threshold or one per factor ({n_factors} here); got "
-                f"{len(out)} entries {list(prune)!r}."
-            )
-        return out
-    r = one(prune, "prune")
-    return r if n_factors is None else (r,) * n_factors
+    return _per_factor("prune", prune, n_factors, one, "one threshold (or a single one)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,16 +633,8 @@ def _check_coupling(coupling, n_factors: int | None = None) -> tuple[float | Non
             "`coupling` must be None, a float beta in [0, 1) or a sequence with one beta (or "
             f"None) per factor; got {coupling!r}."
         )
-    if not isinstance(coupling, Sequence):
-        beta = check_beta(coupling, "coupling")
-        return None if n_factors is None else (beta,) * n_factors
-    betas = tuple(check_beta(v, f"coupling[{i}]") for i, v in enumerate(coupling))
-    if n_factors is not None and len(betas) != n_factors:
-        raise ValueError(
-            f"`coupling` must hold one beta (or None) per factor, {n_factors} here; got "
-            f"{len(betas)} entries {list(coupling)!r}."
-        )
-    return betas
+    betas = _per_factor("coupling", coupling, n_factors, check_beta, "one beta (or None)")
+    return None if n_factors is None and not isinstance(coupling, Sequence) else betas
 
 
 def _check_coupling_method(coupling, method) -> None:

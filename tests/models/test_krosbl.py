@@ -453,7 +453,8 @@ def test_per_factor_prune(x64, rng):
     g0, g1 = (np.asarray(g) for g in mixed.gammas)
     assert np.all(g1[g1 > 0] >= 0.5 * g1.max() * (1 - 1e-9))
     assert np.any((g0 > 0) & (g0 < 0.5 * g0.max()))
-    for bad, match in (((0.1,), "one per factor"), ((0.1, 1.5), r"prune\[1\]"), (True, "prune")):
+    bad_prunes = (((0.1,), "per factor, 2 here"), ((0.1, 1.5), r"prune\[1\]"), (True, "prune"))
+    for bad, match in bad_prunes:
         with pytest.raises(ValueError, match=match):
             krosbl_em(y, a, method="am", noise=0.0025, prune=bad)
 
