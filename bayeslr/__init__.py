@@ -17,7 +17,16 @@ way through inference. Subpackages, lowest layer first:
 Importing bayeslr computes and compiles nothing.
 """
 
-from bayeslr import datasets, distributions, gp, infer, linalg, metrics, models
+from bayeslr import (
+    _compat,  # noqa: F401  (first: see bayeslr/_compat.py)
+    datasets,
+    distributions,
+    gp,
+    infer,
+    linalg,
+    metrics,
+    models,
+)
 from bayeslr.distributions import GaussMarkovGP, KroneckerNormal
 from bayeslr.gp import (
     RBF,
