@@ -239,6 +239,7 @@ def funbat_epoch(
     damping: tuple[float, float, float],
     a0: float = 1.0,
     b0: float = 1.0,
+    parallel: bool = False,
 ) -> tuple[FunBaTState, Array]:
     r"""One epoch of FunBaT's message passing (module docstring): every mode, then the core
     (Tucker only), then the noise. Pure and jittable (``cp``, ``damping``, ``a0``, ``b0``
@@ -252,6 +253,9 @@ def funbat_epoch(
         kernels: per mode, the kernel of the latent functions (exact SDE).
         cp: FunBaT-CP (fixed superdiagonal core).
         damping: :math:`(\rho_U, \rho_W, \rho_\tau)`, the weight of the *old* message.
+        a0, b0: Gamma prior of :math:`\tau`.
+        parallel: run each mode's smoother as an associative scan (:math:`O(\log M_k)`
+            depth, for accelerators) instead of ``lax.scan``.
 
     Returns:
         ``(new_state, train_mse)`` where ``train_mse`` is the mean squared error of the
@@ -272,7 +276,9 @@ def funbat_epoch(
         eta_new = e_tau * jax.ops.segment_sum(y[:, None] * a, idx[:, k], num_segments=m_k)
         lam[k] = rho_u * lam[k] + (1.0 - rho_u) * lam_new
         eta[k] = rho_u * eta[k] + (1.0 - rho_u) * eta_new
-        mu[k], cov[k] = smooth_gaussian_sites(kernels[k], ticks[k], lam[k], eta[k])
+        mu[k], cov[k] = smooth_gaussian_sites(
+            kernels[k], ticks[k], lam[k], eta[k], parallel=parallel
+        )
 
     mus = [mu[j][idx[:, j]] for j in range(K)]
     m2s = [_second_moments(mu[j], cov[j])[idx[:, j]] for j in range(K)]
@@ -339,7 +345,7 @@ def funbat_init(
 # prediction
 
 
-def _mode_posterior_at(kernel, ticks, lam, eta, new):
+def _mode_posterior_at(kernel, ticks, lam, eta, new, parallel=False):
     """Posterior of the mode's :math:`R` functions at coordinates ``new`` (any order, any
     place): merge ``new`` into the training grid as zero-precision sites and smooth."""
     ticks = np.asarray(ticks)
@@ -349,7 +355,9 @@ def _mode_posterior_at(kernel, ticks, lam, eta, new):
     R = lam.shape[1]
     lam_g = jnp.zeros((grid.shape[0], R, R), lam.dtype).at[at_train].set(lam)
     eta_g = jnp.zeros((grid.shape[0], R), eta.dtype).at[at_train].set(eta)
-    mean, cov = smooth_gaussian_sites(kernel, jnp.asarray(grid, lam.dtype), lam_g, eta_g)
+    mean, cov = smooth_gaussian_sites(
+        kernel, jnp.asarray(grid, lam.dtype), lam_g, eta_g, parallel=parallel
+    )
     return mean[at_new], cov[at_new]
 
 
@@ -434,8 +442,11 @@ class FunBaTPosterior(Posterior):
     draws.
     """
 
-    def _setup(self, *, state, kernels, columns, value, ticks, scale, y_mean, y_sd, cp, idx):
+    def _setup(
+        self, *, state, kernels, columns, value, ticks, scale, y_mean, y_sd, cp, idx, parallel
+    ):
         self._idx = jnp.asarray(idx)
+        self.parallel = bool(parallel)
         self.state = state
         self.kernels = tuple(kernels)
         self.columns = tuple(columns)
@@ -510,7 +521,7 @@ class FunBaTPosterior(Posterior):
             raise ValueError(f"`values` must be finite; got {vals!r}.")
         mean, cov = _mode_posterior_at(
             self.kernels[k], self.ticks[k], self.state.lam[k], self.state.eta[k],
-            self._scaled(k, vals),
+            self._scaled(k, vals), self.parallel,
         )  # fmt: skip
         sd = np.sqrt(np.maximum(np.diagonal(np.asarray(cov), axis1=1, axis2=2), 0.0))
         return {"coord": vals, "mean": np.asarray(mean), "sd": sd}
@@ -554,8 +565,9 @@ class FunBaTPosterior(Posterior):
         for k in range(len(self.columns)):
             uniq, inv = np.unique(self._scaled(k, x[:, k]), return_inverse=True)
             m, c = _mode_posterior_at(
-                self.kernels[k], self.ticks[k], self.state.lam[k], self.state.eta[k], uniq
-            )
+                self.kernels[k], self.ticks[k], self.state.lam[k], self.state.eta[k], uniq,
+                self.parallel,
+            )  # fmt: skip
             mus.append(m[inv.reshape(-1)])
             covs.append(c[inv.reshape(-1)])
         s = self.state
@@ -597,6 +609,8 @@ class FunBaT:
         num_draws: posterior draws stored for ArviZ.
         seed: seed of the initialization and the draws.
         progress_bar: show a tqdm bar over epochs.
+        parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
+            worth it on accelerators with many unique coordinates).
 
     Duplicate entries (the same coordinates more than once) are kept as separate observations.
     """
@@ -619,6 +633,7 @@ class FunBaT:
         num_draws: int = 200,
         seed: int = 0,
         progress_bar: bool = True,
+        parallel: bool = False,
     ):
         self.rank = check_int("rank", rank, minimum=1)
         self.epochs = check_int("epochs", epochs, minimum=1)
@@ -635,7 +650,11 @@ class FunBaT:
                 raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
         if scale not in ("unit", None):
             raise ValueError(f"`scale` must be 'unit' or None; got {scale!r}.")
-        for name, v in (("cp", cp), ("standardize", standardize), ("progress_bar", progress_bar)):
+        flags = (
+            ("cp", cp), ("standardize", standardize), ("progress_bar", progress_bar),
+            ("parallel", parallel),
+        )  # fmt: skip
+        for name, v in flags:
             if not isinstance(v, bool):
                 raise TypeError(f"`{name}` must be a bool; got {v!r}.")
         if decimals is not None:
@@ -649,6 +668,7 @@ class FunBaT:
         self.decimals = decimals
         self.seed = int(seed)
         self.progress_bar = progress_bar
+        self.parallel = parallel
 
     def _kernels(self, K: int) -> tuple[Any, ...]:
         ks = self.kernel
@@ -719,7 +739,7 @@ class FunBaT:
         epoch = jax.jit(
             lambda st: funbat_epoch(
                 st, idx, yj, ticks, kernels, cp=self.cp, damping=self.damping, a0=self.a0,
-                b0=self.b0,
+                b0=self.b0, parallel=self.parallel,
             )
         )  # fmt: skip
         rmse = []
@@ -754,6 +774,7 @@ class FunBaT:
         return post._setup(
             state=state, kernels=kernels, columns=coords, value=value, ticks=data.ticks,
             scale=scale, y_mean=y_mean, y_sd=y_sd, cp=self.cp, idx=data.idx,
+            parallel=self.parallel,
         )  # fmt: skip
 
     def _draws(self, key, state, coords, data, scale):

@@ -1,5 +1,7 @@
 """State-space GP (Kalman filter / RTS smoother) against the dense GP, both dtypes and forms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -660,9 +662,10 @@ def _dense_sites(kernel, t, lam, eta):
     return mean.reshape(n, R), covs
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kernel_cls", [Matern12, Matern32])
-def test_smooth_gaussian_sites_matches_dense(rng, dtype, kernel_cls):
+def test_smooth_gaussian_sites_matches_dense(rng, dtype, kernel_cls, parallel):
     n, R = 9, 3
     t = np.sort(rng.uniform(0.0, 3.0, n))
     b = rng.standard_normal((n, R, 2))
@@ -673,7 +676,7 @@ def test_smooth_gaussian_sites_matches_dense(rng, dtype, kernel_cls):
     kernel = kernel_cls(variance=1.3, lengthscale=0.7)
     want_m, want_c = _dense_sites(kernel, t, lam, eta)
     with jax.enable_x64(dtype == "float64"):
-        fn = jax.jit(ss.smooth_gaussian_sites)
+        fn = jax.jit(functools.partial(ss.smooth_gaussian_sites, parallel=parallel))
         mean, cov = fn(kernel, t.astype(dtype), lam.astype(dtype), eta.astype(dtype))
         assert mean.dtype == jnp.dtype(dtype)
     tol = {k: 10 * v for k, v in TOL[dtype].items()}
@@ -692,6 +695,14 @@ def test_smooth_gaussian_sites_gradient_and_errors(x64, rng):
         return jnp.sum(mean**2) + jnp.sum(cov)
 
     check_grads(loss, (jnp.asarray(eta), 0.5), order=1, modes=["rev"])
+
+    def loss_par(e):
+        mean, cov = ss.smooth_gaussian_sites(Matern32(1.0, 0.5), t, lam, e, parallel=True)
+        return jnp.sum(mean**2) + jnp.sum(cov)
+
+    check_grads(loss_par, (jnp.asarray(eta),), order=1, modes=["rev"])
+    with pytest.raises(ValueError, match="parallel"):
+        ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t, lam, eta, parallel="yes")
     with pytest.raises(ValueError, match="`precision` must have shape"):
         ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t, lam[:-1], eta)
     with pytest.raises(ValueError, match="`shift` must have shape"):

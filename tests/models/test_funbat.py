@@ -293,3 +293,15 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
     assert abs(post.extra["tau"] - tau_nuts) < 0.15 * tau_nuts
     sd_ep = np.sqrt(np.maximum(pred["variance"].to_numpy() - 1.0 / post.extra["tau"], 0.0)).mean()
     assert abs(sd_ep - fn.std(0).mean()) < 0.15 * fn.std(0).mean()
+
+
+def test_parallel_smoothers_give_the_same_fit(x64):
+    df = funbat_synthetic(2, n_grids=2, grid=8)
+    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=5, **FAST)
+    seq = FunBaT(**kw).fit(df, ["x", "y"], "value")
+    par = FunBaT(parallel=True, **kw).fit(df, ["x", "y"], "value")
+    new = pd.DataFrame({"x": [-0.1, 0.37, 1.2], "y": [0.5, 0.01, 0.9]})
+    np.testing.assert_allclose(
+        par.predict(new).to_numpy(), seq.predict(new).to_numpy(), rtol=1e-7, atol=1e-9
+    )
+    np.testing.assert_allclose(par.extra["train_rmse"], seq.extra["train_rmse"], rtol=1e-7)
