@@ -20,7 +20,7 @@ from bayeslr.gp import Matern12, Matern32
 from bayeslr.models import FunBaT
 from bayeslr.models.funbat import _entry_moments, _mode_messages, _predict_entries
 
-FAST = dict(damping_u=0.3, damping_core=0.5, damping_noise=0.8, progress_bar=False)
+FAST = dict(damping_u=0.3, damping_core=0.5, damping_noise=0.8, progress_bar=False, restarts=1)
 
 
 def _rand_moments(rng, n, R, K):
@@ -305,3 +305,18 @@ def test_parallel_smoothers_give_the_same_fit(x64):
         par.predict(new).to_numpy(), seq.predict(new).to_numpy(), rtol=1e-7, atol=1e-9
     )
     np.testing.assert_allclose(par.extra["train_rmse"], seq.extra["train_rmse"], rtol=1e-7)
+
+
+def test_restarts_keep_the_best_screened_start(x64):
+    df = funbat_synthetic(3, n_grids=2, grid=8)
+    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=6, damping_u=0.3, progress_bar=False)
+    post = FunBaT(restarts=3, screen_epochs=4, **kw).fit(df, ["x", "y"], "value")
+    screened = post.extra["restart_rmse"]
+    assert screened.shape == (3,) and np.all(np.isfinite(screened))
+    hist = post.extra["train_rmse"]
+    assert hist.shape == (6,)  # the chosen start's 4 screening epochs, then 2 more
+    assert hist[3] == screened.min()
+    single = FunBaT(restarts=1, **kw).fit(df, ["x", "y"], "value")
+    assert single.extra["restart_rmse"].shape == (0,) and single.extra["train_rmse"].shape == (6,)
+    with pytest.raises(ValueError, match="restarts"):
+        FunBaT(restarts=0)
