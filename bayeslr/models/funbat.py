@@ -345,6 +345,15 @@ def funbat_init(
 # prediction
 
 
+def _relative_change(old: Sequence[Array], new: Sequence[Array]) -> Array:
+    r""":math:`\max_k \|\mu^k_{new} - \mu^k_{old}\| / \|\mu^k_{old}\|` over modes."""
+    rel = [
+        jnp.linalg.norm(b - a) / (jnp.linalg.norm(a) + jnp.finfo(a.dtype).tiny)
+        for a, b in zip(old, new, strict=True)
+    ]
+    return jnp.max(jnp.stack(rel))
+
+
 _smooth_sites_jit = jax.jit(smooth_gaussian_sites, static_argnames=("parallel",))
 
 
@@ -618,6 +627,9 @@ class FunBaT:
             temperature, one split in three stalled at twice the usual training error with a
             single start); it shows within a few epochs.
         screen_epochs: epochs per start before choosing.
+        tol: stop before ``epochs`` when the relative change of every mode's posterior means,
+            :math:`\max_k\|\mu^k_{\text{new}} - \mu^k\|/\|\mu^k\|`, falls below ``tol``
+            (0: always run ``epochs``).
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
             worth it on accelerators with many unique coordinates).
 
@@ -644,6 +656,7 @@ class FunBaT:
         progress_bar: bool = True,
         restarts: int = 3,
         screen_epochs: int = 10,
+        tol: float = 1e-5,
         parallel: bool = False,
     ):
         self.rank = check_int("rank", rank, minimum=1)
@@ -651,6 +664,9 @@ class FunBaT:
         self.num_draws = check_int("num_draws", num_draws, minimum=0)
         self.restarts = check_int("restarts", restarts, minimum=1)
         self.screen_epochs = check_int("screen_epochs", screen_epochs, minimum=1)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise ValueError(f"`tol` must be a non-negative float; got {tol!r}.")
+        self.tol = float(tol)
         for name, v in (
             ("damping_u", damping_u),
             ("damping_core", damping_core),
@@ -714,7 +730,8 @@ class FunBaT:
         Returns:
             :class:`FunBaTPosterior`; ``extra`` holds ``train_rmse`` per epoch of the chosen
             run (original units), ``restart_rmse`` (each start's training error after the
-            screening epochs), ``tau`` (:math:`E[\tau]` in standardized units) and ``state``.
+            screening epochs), ``epochs_run``, ``converged`` (stopped by ``tol``), ``tau``
+            (:math:`E[\tau]` in standardized units) and ``state``.
 
         Raises:
             TypeError, ValueError: naming the column or argument (see the module docstring).
@@ -759,8 +776,9 @@ class FunBaT:
         total = self.restarts * screen + self.epochs - screen
         bar = tqdm(total=total, desc="FunBaT", disable=not self.progress_bar, leave=True)
 
-        def run(state, n, rmse):
+        def run(state, n, rmse, check=False):
             for _ in range(n):
+                old = state
                 state, mse = epoch(state)
                 rmse.append(float(np.sqrt(mse)) * y_sd)
                 if not np.isfinite(rmse[-1]):
@@ -770,8 +788,13 @@ class FunBaT:
                     )
                 bar.update(1)
                 bar.set_postfix(train_rmse=f"{rmse[-1]:.4g}")
+                if check and float(change(old.mu, state.mu)) < self.tol:
+                    converged[0] = True
+                    break
             return state
 
+        converged = [False]
+        change = jax.jit(_relative_change)
         try:
             # several random starts for `screen` epochs, the lowest training error goes on
             runs = []
@@ -782,7 +805,7 @@ class FunBaT:
             best = int(np.argmin([r[-1] if r else 0.0 for _, r in runs]))
             screened = [r[-1] for _, r in runs] if screen else []
             state, rmse = runs[best]
-            state = run(state, self.epochs - screen, rmse)
+            state = run(state, self.epochs - screen, rmse, check=self.tol > 0)
         finally:
             bar.close()
         samples, dims, coords_map = self._draws(k_draw, state, coords, data, scale)
@@ -796,6 +819,8 @@ class FunBaT:
             extra={
                 "train_rmse": np.asarray(rmse),
                 "restart_rmse": np.asarray(screened),
+                "epochs_run": len(rmse),
+                "converged": converged[0],
                 "tau": float(state.tau_a / state.tau_b),
                 "state": state,
             },

@@ -309,7 +309,8 @@ def test_parallel_smoothers_give_the_same_fit(x64):
 
 def test_restarts_keep_the_best_screened_start(x64):
     df = funbat_synthetic(3, n_grids=2, grid=8)
-    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=6, damping_u=0.3, progress_bar=False)
+    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=6, damping_u=0.3, progress_bar=False,
+              tol=0.0)  # fmt: skip
     post = FunBaT(restarts=3, screen_epochs=4, **kw).fit(df, ["x", "y"], "value")
     screened = post.extra["restart_rmse"]
     assert screened.shape == (3,) and np.all(np.isfinite(screened))
@@ -320,3 +321,15 @@ def test_restarts_keep_the_best_screened_start(x64):
     assert single.extra["restart_rmse"].shape == (0,) and single.extra["train_rmse"].shape == (6,)
     with pytest.raises(ValueError, match="restarts"):
         FunBaT(restarts=0)
+
+
+def test_convergence_check_stops_early(x64):
+    df = funbat_synthetic(4, n_grids=2, grid=8)
+    kw = dict(rank=1, cp=True, kernel=Matern32(0.5, 0.2), epochs=200, **FAST)
+    early = FunBaT(tol=1e-3, **kw).fit(df, ["x", "y"], "value")
+    assert early.extra["converged"] and early.extra["epochs_run"] < 200
+    assert early.extra["train_rmse"].shape == (early.extra["epochs_run"],)
+    full = FunBaT(tol=0.0, **{**kw, "epochs": 20}).fit(df, ["x", "y"], "value")
+    assert not full.extra["converged"] and full.extra["epochs_run"] == 20
+    with pytest.raises(ValueError, match="tol"):
+        FunBaT(tol=-1.0)
