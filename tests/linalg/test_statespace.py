@@ -694,13 +694,13 @@ def test_smooth_gaussian_sites_gradient_and_errors(x64, rng):
         mean, cov = ss.smooth_gaussian_sites(Matern32(1.0, ls), t, lam, e)
         return jnp.sum(mean**2) + jnp.sum(cov)
 
-    check_grads(loss, (jnp.asarray(eta), 0.5), order=1, modes=["rev"])
+    check_grads(jax.jit(loss), (jnp.asarray(eta), 0.5), order=1, modes=["rev"])
 
     def loss_par(e):
-        mean, cov = ss.smooth_gaussian_sites(Matern32(1.0, 0.5), t, lam, e, parallel=True)
+        mean, cov = ss.smooth_gaussian_sites(Matern12(1.0, 0.5), t[:3], lam[:3], e, parallel=True)
         return jnp.sum(mean**2) + jnp.sum(cov)
 
-    check_grads(loss_par, (jnp.asarray(eta),), order=1, modes=["rev"])
+    check_grads(jax.jit(loss_par), (jnp.asarray(eta[:3]),), order=1, modes=["rev"])
     with pytest.raises(ValueError, match="parallel"):
         ss.smooth_gaussian_sites(Matern12(1.0, 1.0), t, lam, eta, parallel="yes")
     with pytest.raises(ValueError, match="`precision` must have shape"):

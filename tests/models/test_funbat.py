@@ -296,8 +296,8 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
 
 
 def test_parallel_smoothers_give_the_same_fit(x64):
-    df = funbat_synthetic(2, n_grids=2, grid=8)
-    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=5, **FAST)
+    df = funbat_synthetic(2, n_grids=1, grid=6)
+    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=3, **FAST)
     seq = FunBaT(**kw).fit(df, ["x", "y"], "value")
     par = FunBaT(parallel=True, **kw).fit(df, ["x", "y"], "value")
     new = pd.DataFrame({"x": [-0.1, 0.37, 1.2], "y": [0.5, 0.01, 0.9]})
