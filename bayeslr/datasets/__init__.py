@@ -19,6 +19,12 @@ from bayeslr.datasets.grids import (
     split_coordinates,
     split_entries,
 )
+from bayeslr.datasets.pdes import (
+    PDE_PROBLEMS,
+    PDEProblem,
+    list_pde_problems,
+    pde_problem,
+)
 from bayeslr.datasets.sparse import (
     IRSMIMOProblem,
     KroneckerSparseProblem,
@@ -32,6 +38,8 @@ __all__ = [
     "GridData",
     "IRSMIMOProblem",
     "KroneckerSparseProblem",
+    "PDEProblem",
+    "PDE_PROBLEMS",
     "angle_dictionary",
     "funbat_synthetic",
     "funbat_u1",
@@ -39,9 +47,11 @@ __all__ = [
     "irs_mimo_problem",
     "kron_apply",
     "kronecker_sparse_problem",
+    "list_pde_problems",
     "load_kinetic",
     "load_ncep_air",
     "load_ozone",
+    "pde_problem",
     "split_coordinates",
     "split_entries",
 ]
