@@ -361,17 +361,22 @@ def test_bad_coupling_raises(coupling, method, match):
 # the NumPyro model
 
 
-@pytest.mark.slow  # about 18 s on 2 cores, mostly NUTS compilation
-def test_krosbl_model_nuts_matches_truth_and_em(x64, rng):
-    from bayeslr.infer import fit
-    from bayeslr.models.krosbl import krosbl_model
-
+def _small_model_problem(rng):
+    """A 5 x 5 Kronecker-sparse x (2 x 2 non-zeros), two 4 x 5 dictionaries, 30 dB."""
     ns, ms = (5, 5), (4, 4)
     a = _dict(rng, ms, ns)
     x = _sparse_kron_x(rng, ns, 2)
     ax = _kron(a) @ x
     s2 = np.mean(ax**2) / 1e3  # 30 dB
-    y = ax + np.sqrt(s2) * rng.standard_normal(ax.shape)
+    return ax + np.sqrt(s2) * rng.standard_normal(ax.shape), a, x, s2
+
+
+@pytest.mark.slow  # about 18 s on 2 cores, mostly NUTS compilation
+def test_krosbl_model_nuts_matches_truth_and_em(x64, rng):
+    from bayeslr.infer import fit
+    from bayeslr.models.krosbl import krosbl_model
+
+    y, a, x, s2 = _small_model_problem(rng)
     em = np.asarray(krosbl_em(y, a, method="svd", noise=s2).mean)
     post = fit(
         krosbl_model,
@@ -495,12 +500,7 @@ def test_krosbl_model_svi_recovers_the_signal(x64, rng):
     from bayeslr.infer import fit
     from bayeslr.models.krosbl import krosbl_model
 
-    ns, ms = (5, 5), (4, 4)
-    a = _dict(rng, ms, ns)
-    x = _sparse_kron_x(rng, ns, 2)
-    ax = _kron(a) @ x
-    s2 = np.mean(ax**2) / 1e3  # 30 dB
-    y = ax + np.sqrt(s2) * rng.standard_normal(ax.shape)
+    y, a, x, s2 = _small_model_problem(rng)
     # mean-field VI of the hierarchical prior converges slowly: NMSE 0.71 after 3,000 Adam
     # steps, 0.01 after 20,000 (AutoNormal, lr 1e-2)
     post = fit(krosbl_model, y, a, model_kwargs=dict(noise=s2), method="svi", num_steps=20_000,
