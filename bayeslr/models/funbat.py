@@ -267,9 +267,10 @@ def funbat_epoch(
     n = y.shape[0]
     e_tau = state.tau_a / state.tau_b
     mu, cov, lam, eta = list(state.mu), list(state.cov), list(state.lam), list(state.eta)
+    # per-entry moments of every mode; after a mode's update only its own are refreshed
+    mus = [mu[j][idx[:, j]] for j in range(K)]
+    m2s = [_second_moments(mu[j], cov[j])[idx[:, j]] for j in range(K)]
     for k in range(K):
-        mus = [mu[j][idx[:, j]] for j in range(K)]
-        m2s = [_second_moments(mu[j], cov[j])[idx[:, j]] for j in range(K)]
         a, b = _mode_messages(k, mus, m2s, state.core_mean, R, K, cp)
         m_k = mu[k].shape[0]
         lam_new = e_tau * jax.ops.segment_sum(b, idx[:, k], num_segments=m_k)
@@ -279,9 +280,9 @@ def funbat_epoch(
         mu[k], cov[k] = smooth_gaussian_sites(
             kernels[k], ticks[k], lam[k], eta[k], parallel=parallel
         )
+        mus[k] = mu[k][idx[:, k]]
+        m2s[k] = _second_moments(mu[k], cov[k])[idx[:, k]]
 
-    mus = [mu[j][idx[:, j]] for j in range(K)]
-    m2s = [_second_moments(mu[j], cov[j])[idx[:, j]] for j in range(K)]
     core_mean, core_cov = state.core_mean, state.core_cov
     core_lam, core_eta = state.core_lam, state.core_eta
     if cp:
