@@ -5,6 +5,12 @@
   latent functions with state-space GP priors, fitted by message passing with a Kalman smoother
   per mode, linear in the entries; predicts at unseen coordinates with a predictive variance.
 
+* :mod:`bayeslr.models.gphm` — GP-HM, a Gaussian-process PDE solver for high-frequency and
+  multi-scale solutions: spectral-mixture (Student-t or Gaussian) product kernels on a
+  collocation grid, so every covariance and derivative operator is a Kronecker product;
+  :class:`GPSolver` takes a :class:`PDE` (any operator of u and its derivatives, linear or not)
+  or one of the paper's eleven problems and returns the solution anywhere in the box.
+
 * :mod:`bayeslr.models.krosbl` — Kronecker-structured sparse Bayesian learning (KroSBL): EM with
   an exact factored E-step for :math:`y = (A_1 \\otimes \\cdots \\otimes A_I) x + n` with a
   Kronecker-structured sparsity prior; use it for sparse recovery with separable dictionaries
@@ -14,6 +20,7 @@
 """
 
 from bayeslr.models.funbat import FunBaT, FunBaTPosterior, funbat_model
+from bayeslr.models.gphm import PDE, GPHMPosterior, GPSolver
 from bayeslr.models.krosbl import (
     KroneckerSBL,
     KroSBLResult,
@@ -28,6 +35,8 @@ from bayeslr.models.krosbl import (
 __all__ = [
     "FunBaT",
     "FunBaTPosterior",
+    "GPHMPosterior",
+    "GPSolver",
     "KroneckerSBL",
     "KroSBLResult",
     "coupling_matrix",
@@ -37,4 +46,5 @@ __all__ = [
     "krosbl_model",
     "krosbl_sample",
     "nnls",
+    "PDE",
 ]

@@ -1,0 +1,319 @@
+"""GP-HM: operator blocks against autodiff, Kronecker loss against its dense twin, solves of
+low-frequency and multi-scale Poisson problems, pruning of unused components, errors."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from bayeslr.datasets import pde_problem
+from bayeslr.gp import SpectralMixture, StudentTMixture
+from bayeslr.models import PDE, GPSolver
+from bayeslr.models.gphm import (
+    _gram,
+    _kernels,
+    boundary_mask,
+    gphm_loss,
+    gphm_operators,
+)
+
+QUIET = dict(progress_bar=False)
+
+
+def _kernel(family, rng, Q=3):
+    w = rng.uniform(0.2, 1.0, Q)
+    mu = rng.uniform(0.0, 2.0, Q)
+    a = rng.uniform(0.5, 2.0, Q)
+    if family == "stm":
+        return StudentTMixture(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(a))
+    return SpectralMixture.from_rho_squared(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(a))
+
+
+def _scalar_kernel(family, kernel):
+    """k(x, x') written out independently of bayeslr.gp, for jax.grad."""
+    w, mu = kernel.weights, kernel.means
+
+    def k(x, xp):
+        d = x - xp
+        cos = jnp.cos(2 * jnp.pi * mu * d)
+        if family == "stm":
+            al = math.sqrt(5.0) * kernel.inv_lengthscales
+            r = jnp.sqrt(d**2)  # off the diagonal only: smooth there
+            env = (1 + al * r + al**2 * r**2 / 3) * jnp.exp(-al * r)
+        else:
+            env = jnp.exp(-kernel.rho_sq * d**2)
+        return jnp.sum(w * env * cos)
+
+    return k
+
+
+@pytest.mark.parametrize("family", ["stm", "gm"])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_operator_blocks_match_autodiff_of_the_kernel(x64, rng, family, uniform):
+    kernel = _kernel(family, rng)
+    x = np.linspace(0.0, 3.0, 9) if uniform else np.sort(rng.uniform(0.0, 3.0, 9))
+    x = jnp.asarray(x)
+    k = _scalar_kernel(family, kernel)
+    off = ~np.eye(9, dtype=bool)
+    for r, fn in ((0, k), (1, jax.grad(k)), (2, jax.grad(jax.grad(k)))):
+        auto = jax.vmap(jax.vmap(fn, (None, 0)), (0, None))(x, x)
+        np.testing.assert_allclose(np.asarray(_gram(kernel, x, r))[off], auto[off], rtol=1e-10)
+    # the diagonals, where |x - x'| is not differentiable: closed forms
+    m2 = (2 * np.pi * np.asarray(kernel.means)) ** 2
+    w = np.asarray(kernel.weights)
+    if family == "stm":
+        curv = 5.0 * np.asarray(kernel.inv_lengthscales) ** 2 / 3.0
+    else:
+        curv = 2.0 * np.asarray(kernel.rho_sq)
+    np.testing.assert_allclose(np.diag(_gram(kernel, x, 0)), w.sum(), rtol=1e-12)
+    np.testing.assert_allclose(np.diag(_gram(kernel, x, 1)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.diag(_gram(kernel, x, 2)), -(w * (curv + m2)).sum(), rtol=1e-10)
+    # whitened operators: E^(r) L^T = K^(r,0) and E^(0) = chol(K + jitter)
+    E, logdets = gphm_operators((kernel,), (x,), ((2,), (1,)), jitter=1e-6)
+    K = np.asarray(_gram(kernel, x, 0)) + 1e-6 * float(w.sum()) * np.eye(9)
+    L = np.asarray(E[0][0])
+    np.testing.assert_allclose(L @ L.T, K, rtol=1e-10, atol=1e-12)
+    for r in (1, 2):
+        np.testing.assert_allclose(np.asarray(E[0][r]) @ L.T, _gram(kernel, x, r), atol=1e-10)
+    np.testing.assert_allclose(logdets[0], np.linalg.slogdet(K)[1], rtol=1e-10)
+
+
+def _dense_loss(params, axes, operator, orders, source, g, family, boundary_weight, jitter):
+    """The paper's loss in U = (L1 ⊗ L2) V, with dense M × M matrices (the twin)."""
+    kernels = _kernels(params, family)
+    Ks = [
+        k(x, x) + jitter * k.variance * jnp.eye(x.shape[0])
+        for k, x in zip(kernels, axes, strict=True)
+    ]
+    C = functools.reduce(jnp.kron, Ks)
+    Ls = [jnp.linalg.cholesky(K) for K in Ks]
+    V = params["V"]
+    U = functools.reduce(jnp.kron, Ls) @ V.ravel()
+    derivs = {}
+    for idx in orders:
+        # along an axis with order 0 the operator is the identity (u is the grid values)
+        blocks = [
+            k.derivative(x, x, r, 0) if r else K
+            for k, x, r, K in zip(kernels, axes, idx, Ks, strict=True)
+        ]
+        derivs[idx] = (functools.reduce(jnp.kron, blocks) @ jnp.linalg.solve(C, U)).reshape(
+            V.shape
+        )
+    u = U.reshape(V.shape)
+    x = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+    H = operator(u, derivs, x) - source
+    ub = u[boundary_mask(V.shape)]
+    t1, t2 = params["log_tau1"], params["log_tau2"]
+    return (
+        0.5 * U @ jnp.linalg.solve(C, U)
+        + 0.5 * jnp.linalg.slogdet(C)[1]
+        + boundary_weight * (0.5 * jnp.exp(t1) * jnp.sum((ub - g) ** 2) - 0.5 * ub.size * t1)
+        + 0.5 * jnp.exp(t2) * jnp.sum(H**2)
+        - 0.5 * V.size * t2
+    )
+
+
+def _random_params(rng, shape, Q, dtype):
+    as_ = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    return {
+        "V": as_(rng.standard_normal(shape)),
+        "log_w": tuple(as_(np.log(rng.uniform(0.2, 1.0, Q))) for _ in shape),
+        "log_ls": tuple(as_(rng.uniform(-0.5, 0.5, Q)) for _ in shape),
+        "mu": tuple(as_(rng.uniform(0.0, 1.5, Q)) for _ in shape),
+        "log_tau1": as_(0.3),
+        "log_tau2": as_(-0.2),
+    }
+
+
+@pytest.mark.parametrize("family", ["stm", "gm"])
+@pytest.mark.parametrize(
+    "orders,operator",
+    [
+        (((2, 0), (0, 2)), lambda u, d, x: d[(2, 0)] + d[(0, 2)] + u * (u**2 - 1)),
+        (((1, 0), (0, 1)), lambda u, d, x: 3.0 * d[(1, 0)] + d[(0, 1)] * x[..., 0]),
+    ],
+    ids=["allen-cahn", "advection"],
+)
+def test_kronecker_loss_equals_dense_loss(dtype, rng, family, orders, operator):
+    shape = (6, 7)
+    axes = (jnp.linspace(0.0, 2.0, 6), jnp.asarray(np.sort(rng.uniform(0.0, 1.0, 7))))
+    axes = (axes[0], axes[1].at[0].set(0.0).at[-1].set(1.0))
+    params = _random_params(rng, shape, 3, jnp.result_type(float))
+    source = jnp.asarray(rng.standard_normal(shape))
+    g = jnp.asarray(rng.standard_normal(int(boundary_mask(shape).sum())))
+    opts = dict(family=family, boundary_weight=50.0, jitter=1e-3)
+    kron = lambda p: gphm_loss(p, axes, operator, orders, source, g, **opts)[0]  # noqa: E731
+    dense = lambda p: _dense_loss(p, axes, operator, orders, source, g, **opts)  # noqa: E731
+    rtol = 1e-9 if dtype == "float64" else 2e-3
+    np.testing.assert_allclose(jax.jit(kron)(params), dense(params), rtol=rtol)
+    gk, gd = jax.jit(jax.grad(kron))(params), jax.grad(dense)(params)
+    for a, b in zip(jax.tree.leaves(gk), jax.tree.leaves(gd), strict=True):
+        scale = float(jnp.max(jnp.abs(b))) + 1.0
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+
+def _sine_pde(k, hi=2 * np.pi):
+    return PDE(
+        operator=lambda u, d, x: d[(2,)],
+        derivatives=((2,),),
+        domain=((0.0, hi),),
+        boundary=lambda x: jnp.sin(k * x[:, 0]),
+        source=lambda x: -(k**2) * jnp.sin(k * x[..., 0]),
+        name=f"sin{k}",
+    )
+
+
+def _rel_l2(post, exact, lo, hi):
+    xt = np.linspace(lo, hi, 300)
+    u = exact(xt)
+    return float(np.linalg.norm(post.predict(xt) - u) / np.linalg.norm(u))
+
+
+@functools.cache
+def _low_frequency_fit():
+    with jax.enable_x64(True):
+        return GPSolver(_sine_pde(1.0), grid=40, num_components=8, freq_scale=2.0,
+                        num_steps=600, **QUIET).fit()  # fmt: skip
+
+
+def test_low_frequency_poisson_is_solved_to_1e_3():
+    post = _low_frequency_fit()
+    assert _rel_l2(post, np.sin, 0.0, 2 * np.pi) < 1e-3
+    assert post.extra["residual_rms"] < 1e-2
+    # the GP conditional mean reproduces the grid values and the derivative of the solution
+    # (up to the jitter: the conditional mean is K (K + εI)⁻¹ U at the nodes)
+    grid = post.grid[0]
+    np.testing.assert_allclose(post.predict(grid), post.grid_values, atol=1e-4)
+    inner = np.linspace(0.5, 5.5, 50)
+    np.testing.assert_allclose(post.predict(inner, derivative=(1,)), np.cos(inner), atol=5e-3)
+    np.testing.assert_allclose(post.predict(inner, derivative=(2,)), -np.sin(inner), atol=5e-3)
+
+
+def test_unused_components_are_pruned():
+    # sin x is one frequency (1/2π ≈ 0.16 cycles per unit); of 8 components on [0, 2], the
+    # Jeffreys (log-domain) weights leave few carrying the kernel's variance
+    spec = _low_frequency_fit().spectrum()[0]
+    w = spec["weights"] / spec["weights"].sum()  # sorted, largest first; all 1/8 at the start
+    assert w[:2].sum() > 0.6
+    assert w[4:].max() < 1.0 / (3 * 8)
+    # the heaviest component sits at low frequency (sin x: 0.16 cycles per unit)
+    assert spec["means"][0] < 0.5
+
+
+@pytest.mark.slow
+def test_multiscale_poisson_to_the_papers_order(x64):
+    # u = sin x + 0.1 sin 20x + 0.05 sin 100x on [0, 1] (the paper's multi-scale case; the
+    # README reports 1e-3 to 1e-4 with the extra GP), here on 300 instead of 900 points and
+    # 600 steps instead of 1e6, without the extra GP
+    problem = pde_problem("poisson1d_multiscale")
+    post = GPSolver(problem, grid=300, num_steps=600, **QUIET).fit()
+    xt, ut = problem.test_points()
+    err = float(problem.relative_l2(post.predict(np.asarray(xt)), ut))
+    assert err < 1e-3
+
+
+def test_extra_gp_stage_adds_a_matern_gp(x64):
+    post = GPSolver(_sine_pde(3.0), grid=30, num_components=4, freq_scale=1.0, num_steps=200,
+                    extra_gp_fraction=0.5, **QUIET).fit()  # fmt: skip
+    assert len(post.stages) == 2
+    extra, family = post.stages[1]
+    assert family == "stm" and extra["log_w"][0].shape == (1,) and "mu" not in extra
+    first = post.stages[0][0]
+    # the first GP is frozen during the second stage: its V is the one at step 100, and the
+    # loss keeps going down after the switch
+    loss = post.extra["loss"]
+    assert loss[-1] < loss[100]
+    assert np.any(first["V"] != 0)
+    np.testing.assert_allclose(post.predict(post.grid[0]), post.grid_values, atol=1e-4)
+    idata = post.to_arviz()
+    assert "extra_log_w_0" in idata.posterior
+
+
+def test_lbfgs_lowers_the_adam_loss(x64):
+    opts = dict(grid=30, num_components=4, freq_scale=1.0, num_steps=300, **QUIET)
+    adam = GPSolver(_sine_pde(2.0), **opts).fit()
+    both = GPSolver(_sine_pde(2.0), lbfgs_steps=50, **opts).fit()
+    assert both.extra["final_loss"] < adam.extra["final_loss"] - 1.0
+    assert both.extra["loss"].shape == (350,)
+
+
+def test_problem_names_and_to_arviz():
+    solver = GPSolver("poisson2d_sin100", **QUIET)
+    assert [a.size for a in solver.axes] == [400, 400]
+    assert solver.freq_scale == 20.0 and solver.boundary_weight == 200.0
+    assert solver.boundary_points().shape == (4 * 400 - 4, 2)
+    adv = GPSolver("advection", grid=(20, 10), extra_gp_fraction="problem", **QUIET)
+    assert adv.boundary_weight == 500.0 and adv.extra_gp_fraction is None
+    ms = GPSolver("poisson1d_multiscale", extra_gp_fraction="problem", **QUIET)
+    assert ms.extra_gp_fraction == 0.5
+    post = _low_frequency_fit()
+    idata = post.to_arviz()
+    assert isinstance(idata, xr.DataTree)
+    assert idata.posterior["log_w_0"].dims == ("chain", "draw", "component_0")
+    assert float(idata.posterior["tau2"].values.squeeze()) > 0
+
+
+def test_two_dimensional_poisson_runs_on_a_kronecker_grid(x64):
+    k = 2.0
+    pde = PDE(
+        operator=lambda u, d, x: d[(2, 0)] + d[(0, 2)],
+        derivatives=((2, 0), (0, 2)),
+        domain=((0.0, 3.0), (0.0, 2.0)),
+        boundary=lambda x: jnp.sin(k * x[:, 0]) * jnp.cos(x[:, 1]),
+        source=lambda x: -(k**2 + 1) * jnp.sin(k * x[..., 0]) * jnp.cos(x[..., 1]),
+    )
+    post = GPSolver(pde, grid=(24, 18), num_components=4, freq_scale=1.0, num_steps=800,
+                    lbfgs_steps=100, **QUIET).fit()  # fmt: skip
+    xs = np.stack(np.meshgrid(np.linspace(0, 3, 30), np.linspace(0, 2, 20)), -1).reshape(-1, 2)
+    u = np.sin(k * xs[:, 0]) * np.cos(xs[:, 1])
+    assert np.linalg.norm(post.predict(xs) - u) / np.linalg.norm(u) < 1e-2
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_errors_name_the_argument():
+    pde = _sine_pde(1.0)
+    with pytest.raises(ValueError, match=r"`grid\[0\]` must cover the domain"):
+        GPSolver(pde, grid=[np.linspace(0.0, 5.0, 20)])
+    with pytest.raises(ValueError, match=r"`grid\[0\]` has 4 points, too few"):
+        GPSolver(pde, grid=4)
+    with pytest.raises(ValueError, match="`grid` must be an int, 1 ints"):
+        GPSolver(pde, grid=(10, 10))
+    with pytest.raises(ValueError, match=r"`kernel` must be one of"):
+        GPSolver(pde, kernel="rbf")
+    with pytest.raises(ValueError, match=r"`freq_scale` must be a positive"):
+        GPSolver(pde, freq_scale=-1.0)
+    with pytest.raises(ValueError, match=r"`extra_gp_fraction` must lie in"):
+        GPSolver(pde, extra_gp_fraction=1.5)
+    with pytest.raises(TypeError, match=r"`pde` must be a bayeslr\.models\.gphm\.PDE"):
+        GPSolver(lambda u: u)
+    bad_deriv = PDE(pde.operator, ((2, 0),), pde.domain, pde.boundary)
+    with pytest.raises(ValueError, match=r"`pde.derivatives` must hold multi-indices of length 1"):
+        GPSolver(bad_deriv)
+    with pytest.raises(ValueError, match=r"`pde.domain` must be finite"):
+        GPSolver(PDE(pde.operator, ((2,),), ((1.0, 0.0),), pde.boundary))
+    with pytest.raises(ValueError, match=r"`name` must be one of"):
+        GPSolver("poisson9d")
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(boundary=np.zeros(3)), r"`pde.boundary` \(an array\) must hold one value per"),
+        (dict(boundary=lambda x: jnp.zeros((x.shape[0], 2))), "`pde.boundary` must return one"),
+        (dict(operator=lambda u, d, x: d[(2,)].sum()), "`pde.operator` must return L"),
+        (dict(operator=lambda u, d, x: d[(1,)]), r"`pde.operator` read derivs\[\(1,\)\]"),
+        (dict(source=lambda x: jnp.zeros(3)), "`pde.source` must return f on the grid"),
+    ],
+)
+def test_bad_pde_functions_fail_before_fitting(change, match):
+    import dataclasses
+
+    pde = dataclasses.replace(_sine_pde(1.0), **change)
+    with pytest.raises(ValueError, match=match):
+        GPSolver(pde, grid=20, num_steps=1, **QUIET).fit()
