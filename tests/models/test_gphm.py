@@ -317,3 +317,27 @@ def test_bad_pde_functions_fail_before_fitting(change, match):
     pde = dataclasses.replace(_sine_pde(1.0), **change)
     with pytest.raises(ValueError, match=match):
         GPSolver(pde, grid=20, num_steps=1, **QUIET).fit()
+
+
+@pytest.mark.parametrize(
+    "operator,orders",
+    [
+        (lambda u, d, x: d[(2, 0)] + d[(0, 2)] + u * (u**2 - 1), ((2, 0), (0, 2))),
+        (lambda u, d, x: 3.0 * d[(1, 0)] + d[(0, 1)], ((1, 0), (0, 1))),
+    ],
+    ids=["allen-cahn (Kronecker preconditioner)", "advection (plain CG)"],
+)
+def test_cg_gauss_newton_step_matches_the_dense_solve(x64, rng, operator, orders):
+    from bayeslr.models.gphm import gauss_newton_step
+
+    shape = (9, 8)
+    axes = (jnp.linspace(0.0, 2.0, 9), jnp.linspace(0.0, 1.0, 8))
+    params = _random_params(rng, shape, 2, jnp.float64)
+    source = jnp.asarray(rng.standard_normal(shape))
+    g = jnp.asarray(rng.standard_normal(int(boundary_mask(shape).sum())))
+    opts = dict(family="stm", boundary_weight=5.0, jitter=1e-4)
+    args = (params, axes, operator, orders, source, g)
+    dense = gauss_newton_step(*args, **opts, dense_limit=1000)
+    cg = jax.jit(lambda p: gauss_newton_step(p, *args[1:], **opts, dense_limit=0,
+                                             cg_steps=400))(params)  # fmt: skip
+    np.testing.assert_allclose(cg, dense, rtol=1e-6, atol=1e-6 * float(jnp.abs(dense).max()))
