@@ -352,17 +352,6 @@ def _apply_orders(V: jax.Array, E, orders) -> dict[MultiIndex, jax.Array]:
     return {idx: suffix(idx, 0) for idx in orders}
 
 
-def _field(params: dict, family: str, axes, orders, jitter):
-    """``(fields, logdet_term)`` with ``fields[idx]`` for idx in ``orders`` plus ``u``."""
-    V = params["V"]
-    M = V.size
-    E, logdets = gphm_operators(_kernels(params, family), axes, orders, jitter)
-    zero = (0,) * V.ndim
-    fields = _apply_orders(V, E, (zero, *orders))
-    half_logdet = 0.5 * sum((M / V.shape[j]) * ld for j, ld in enumerate(logdets))
-    return fields, half_logdet
-
-
 def _fields(V, E, orders, base) -> dict[MultiIndex, jax.Array]:
     """:math:`u` (key ``(0,)*d``) and its derivatives on the grid, plus the fixed ``base``."""
     fields = _apply_orders(V, E, ((0,) * V.ndim, *orders))
@@ -962,7 +951,9 @@ class GPSolver:
                     losses.append(more)
                     stages = [(params, self.kernel)]
                 if self.extra_gp_fraction is not None:
-                    fields, _ = _field(params, self.kernel, axes, self.orders, self.jitter)
+                    E, _ = gphm_operators(_kernels(params, self.kernel), axes, self.orders,
+                                          self.jitter)  # fmt: skip
+                    fields = _fields(params["V"], E, self.orders, None)
                     base = jax.lax.stop_gradient(fields)
                     extra = {
                         "V": jnp.zeros(self.shape, dtype),
