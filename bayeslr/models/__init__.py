@@ -17,6 +17,12 @@
   (multidimensional compressed sensing, MIMO/IRS channel estimation). ``coupling=`` gives the
   pattern-coupled variant (PC-KroSBL) for clustered supports; :func:`krosbl_model` is the same
   prior as a NumPyro model for NUTS/SVI through :func:`bayeslr.infer.fit`.
+
+* :mod:`bayeslr.models.ssvi` — SSVI, Bayesian neural networks (MLP, small CNN) whose mean-field
+  Gaussian posterior lives on a fixed-size sparse support that is updated during training
+  (removal by the SNR of :math:`|\theta|`, addition by the dense gradient): :class:`SSVI`
+  trains at a target density (1.0 is dense mean-field VI); :func:`bnn_model` is the same network
+  as a NumPyro model.
 """
 
 from bayeslr.models.funbat import FunBaT, FunBaTPosterior, funbat_model
@@ -31,6 +37,7 @@ from bayeslr.models.krosbl import (
     krosbl_sample,
     nnls,
 )
+from bayeslr.models.ssvi import SSVI, SSVIPosterior, bnn_model
 
 __all__ = [
     "FunBaT",
@@ -47,4 +54,7 @@ __all__ = [
     "krosbl_sample",
     "nnls",
     "PDE",
+    "SSVI",
+    "SSVIPosterior",
+    "bnn_model",
 ]
