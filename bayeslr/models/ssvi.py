@@ -105,7 +105,7 @@ def build_layers(
     hidden: Sequence[int] = (128, 128),
     conv: Sequence[int] = (),
     image_shape: tuple[int, int, int] | None = None,
-    dense_first: bool = True,
+    dense_first: bool = False,
 ) -> tuple[Layer, ...]:
     """The layer list of ``[conv 3×3 + pool]* -> [dense + relu]* -> dense``."""
     layers = []
@@ -326,7 +326,8 @@ class SSVIPosterior(Posterior):
     ``log_likelihood`` group is the pointwise predictive log-density of the held-out set given to
     :meth:`SSVI.fit` (``validation=``; else the training set), so ``az.loo`` works on it.
     ``extra`` has ``loss`` (per step), ``support_sizes`` (active count per layer after every
-    support update) and ``flops``.
+    step, ``(steps, layers)``), ``active_counts``, ``initial_masks``, ``flops``
+    (:func:`training_flops`) and ``steps``.
     """
 
     def _setup(self, *, layers, params, masks, task, n_classes, x_stats, y_stats, image_shape,
@@ -763,6 +764,7 @@ class SSVI:
         k_init, k_train = jax.random.split(key)
         params, masks = self._init(layers, k_init, 0.0 if self.task == "regression" else None)
         counts = [int(jnp.sum(m)) for m in masks]
+        initial_masks = [np.asarray(m) for m in masks]
         state = TrainState(params, masks, opt.init(params), jnp.zeros((), jnp.int32))
 
         def pmask(masks):
@@ -856,7 +858,8 @@ class SSVI:
             layers, state.params, state.masks, self.task, n_classes, x_stats, y_stats,
             self.image_shape, eval_data, self.num_draws, self.seed,
             {"loss": np.concatenate(losses), "support_sizes": np.concatenate(sizes),
-             "active_counts": counts, "flops": flops, "steps": total},
+             "active_counts": counts, "initial_masks": initial_masks, "flops": flops,
+             "steps": total},
         )  # fmt: skip
         post.method = f"ssvi-{self.mask_update}-density{self.density:g}"
         return post
