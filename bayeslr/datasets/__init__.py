@@ -5,7 +5,9 @@ Nothing is downloaded at run time: each loader reads a file from an installed pa
 package is missing. Grid-shaped data come back as :class:`GridData` (values plus named
 coordinates, ``to_long()`` for the long pandas format of the house contracts, missing cells
 dropped). :func:`split_entries` and :func:`split_coordinates` are the evaluation splits of a long
-table (random entries; whole interior coordinate values held out).
+table (random entries; whole interior coordinate values held out). :func:`load_bnn_dataset`
+gives fixed-seed train/test splits of small classification and regression sets (digits, MNIST-5k,
+UCI concrete, …) for Bayesian neural networks.
 """
 
 from bayeslr.datasets.grids import (
@@ -33,9 +35,13 @@ from bayeslr.datasets.sparse import (
     kron_apply,
     kronecker_sparse_problem,
 )
+from bayeslr.datasets.tabular import BNN_DATASETS, TabularData, load_bnn_dataset
 
 __all__ = [
+    "BNN_DATASETS",
     "GridData",
+    "TabularData",
+    "load_bnn_dataset",
     "IRSMIMOProblem",
     "KroneckerSparseProblem",
     "PDEProblem",
