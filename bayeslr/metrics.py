@@ -5,7 +5,10 @@ r"""Metrics shared by the models, the benchmarks and the examples.
 * :func:`accuracy`, :func:`categorical_nll` — of predicted class probabilities;
 * :func:`expected_calibration_error` — the standard top-label ECE with equal-width bins;
 * :func:`debiased_calibration_error` — the debiased :math:`\ell_2` marginal (class-wise)
-  calibration error of Kumar, Liang and Ma (2019) with equal-mass bins.
+  calibration error of Kumar, Liang and Ma (2019) with equal-mass bins;
+* :func:`ndcg_at_k`, :func:`recall_at_k` — top-k ranking metrics of recommenders with binary
+  relevance, exactly as in Liang et al. (2018) (Recall@k normalized by
+  :math:`\min(k, |I_u|)`), optionally excluding already-seen items from the ranking.
 
 Plain NumPy on concrete arrays (results, not traced values).
 """
@@ -23,6 +26,8 @@ __all__ = [
     "categorical_nll",
     "expected_calibration_error",
     "debiased_calibration_error",
+    "ndcg_at_k",
+    "recall_at_k",
 ]
 
 
@@ -135,3 +140,64 @@ def debiased_calibration_error(probs, labels, num_bins: int = 15) -> float:
             sq += nb / n * ((pk[sel].mean() - ybar) ** 2 - ybar * (1 - ybar) / (nb - 1))
         total += max(sq, 0.0)
     return float(np.sqrt(total / p.shape[1]))
+
+
+def _dense_rows(name: str, m, shape=None) -> np.ndarray:
+    a = m.toarray() if hasattr(m, "toarray") else np.asarray(m)
+    if a.ndim != 2 or (shape is not None and a.shape != shape):
+        raise ValueError(f"`{name}` must be (users, items) of shape {shape}; got {a.shape}.")
+    return a
+
+
+def _top_k_hits(scores, heldout, k: int, exclude=None):
+    s = np.array(_dense_rows("scores", scores), dtype=np.float64)
+    n_items = s.shape[1]
+    h = _dense_rows("heldout", heldout, s.shape) > 0
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
+        raise ValueError(f"`k` must be an int in [1, {n_items}] (the item count); got {k!r}.")
+    if np.isnan(s).any():
+        raise ValueError("`scores` contain NaN; a ranking of NaN scores is undefined.")
+    n_rel = h.sum(1)
+    if np.any(n_rel == 0):
+        bad = np.nonzero(n_rel == 0)[0][:5].tolist()
+        raise ValueError(
+            f"{int(np.sum(n_rel == 0))} users have no held-out items (rows {bad}...); the metric "
+            "is undefined for them: drop them first."
+        )
+    if exclude is not None:
+        s[_dense_rows("exclude", exclude, s.shape) > 0] = -np.inf
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, 1)
+    return np.take_along_axis(h, top, 1), n_rel
+
+
+def ndcg_at_k(scores, heldout, k: int = 100, exclude=None, reduce: bool = True):
+    r"""NDCG@k with binary relevance (Liang et al. 2018):
+
+    .. math:: \mathrm{DCG@}k = \sum_{r=1}^{k}\frac{1[\omega(r)\in I_u]}{\log_2(r+1)},\quad
+        \mathrm{NDCG@}k = \frac{\mathrm{DCG@}k}{\sum_{r=1}^{\min(k,|I_u|)} 1/\log_2(r+1)}.
+
+    Args:
+        scores: ``(users, items)`` predicted scores (higher ranks first).
+        heldout: ``(users, items)`` held-out clicks :math:`I_u` (dense or scipy.sparse; > 0 is
+            relevant). Every user needs at least one.
+        k: cut-off, at most the item count.
+        exclude: optional ``(users, items)`` already-seen items (the fold-in), ranked last.
+        reduce: mean over users (default) or the per-user values.
+    """
+    hits, n_rel = _top_k_hits(scores, heldout, k, exclude)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = hits @ disc
+    idcg = np.cumsum(disc)[np.minimum(n_rel, k) - 1]
+    out = dcg / idcg
+    return float(out.mean()) if reduce else out
+
+
+def recall_at_k(scores, heldout, k: int = 20, exclude=None, reduce: bool = True):
+    r"""Recall@k as in Liang et al. (2018): :math:`\sum_{r\le k} 1[\omega(r)\in I_u] /
+    \min(k, |I_u|)` (so a perfect ranking scores 1 even when :math:`|I_u| > k`). Arguments as
+    :func:`ndcg_at_k`."""
+    hits, n_rel = _top_k_hits(scores, heldout, k, exclude)
+    out = hits.sum(1) / np.minimum(n_rel, k)
+    return float(out.mean()) if reduce else out

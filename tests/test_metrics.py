@@ -8,7 +8,9 @@ from bayeslr.metrics import (
     categorical_nll,
     debiased_calibration_error,
     expected_calibration_error,
+    ndcg_at_k,
     nmse,
+    recall_at_k,
     support_recovery_rate,
 )
 
@@ -49,3 +51,31 @@ def test_debiased_calibration_error_hand_computed():
     assert debiased_calibration_error(p, np.array([0, 1, 0, 1, 1, 0]), num_bins=1) == 0.0
     with pytest.raises(ValueError, match="labels"):
         debiased_calibration_error(p, np.array([0, 1, 0, 1, 1, 2]))
+
+
+def test_ranking_metrics_hand_computed():
+    import scipy.sparse as sp
+
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]])
+    held = np.array([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0]])
+    # user 0: hits at ranks 2 and 5; user 1: item 0 is ranked last (5)
+    d = 1 / np.log2(np.arange(2, 7))
+    ndcg0 = (d[1] + d[4]) / (d[0] + d[1])
+    assert np.isclose(ndcg_at_k(scores, held, k=5, reduce=False)[0], ndcg0)
+    assert np.isclose(ndcg_at_k(scores, sp.csr_matrix(held), k=5), (ndcg0 + d[4] / d[0]) / 2)
+    # k = 2: user 0 has one hit of min(2, 2); user 1 none
+    np.testing.assert_allclose(recall_at_k(scores, held, k=2, reduce=False), [0.5, 0.0])
+    # Recall@1 divides by min(1, |I_u|) = 1, not |I_u| = 2
+    np.testing.assert_allclose(recall_at_k(scores, held, k=1, reduce=False), [0.0, 0.0])
+    perfect = np.array([[0, 1, 0, 0, 1.0], [1, 0, 0, 0, 0]])
+    assert recall_at_k(perfect, held, k=1) == 1.0 and ndcg_at_k(perfect, held, k=5) == 1.0
+    # excluding seen items: user 0's item 0 drops to the bottom, so its held-out item 1 is
+    # ranked first; user 1's item 4 drops, item 0 moves up to rank 4
+    seen = np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]])
+    np.testing.assert_allclose(recall_at_k(scores, held, k=1, exclude=seen, reduce=False),
+                               [1.0, 0.0])  # fmt: skip
+    assert np.isclose(ndcg_at_k(scores, held, k=5, exclude=seen, reduce=False)[1], d[3] / d[0])
+    with pytest.raises(ValueError, match="`k`"):
+        ndcg_at_k(scores, held, k=6)
+    with pytest.raises(ValueError, match="no held-out items"):
+        recall_at_k(scores, np.array([[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]]), k=2)
