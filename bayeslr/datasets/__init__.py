@@ -7,7 +7,9 @@ coordinates, ``to_long()`` for the long pandas format of the house contracts, mi
 dropped). :func:`split_entries` and :func:`split_coordinates` are the evaluation splits of a long
 table (random entries; whole interior coordinate values held out). :func:`load_bnn_dataset`
 gives fixed-seed train/test splits of small classification and regression sets (digits, MNIST-5k,
-UCI concrete, …) for Bayesian neural networks.
+UCI concrete, …) for Bayesian neural networks; :func:`load_movielens_small`, :func:`binarize`
+and :func:`strong_generalization_split` give implicit-feedback click matrices (scipy.sparse) and
+the held-out-user split of collaborative filtering.
 """
 
 from bayeslr.datasets.grids import (
@@ -27,6 +29,15 @@ from bayeslr.datasets.pdes import (
     list_pde_problems,
     pde_problem,
 )
+from bayeslr.datasets.recsys import (
+    CFSplit,
+    ClickData,
+    binarize,
+    load_ml100k,
+    load_movielens_ratings,
+    load_movielens_small,
+    strong_generalization_split,
+)
 from bayeslr.datasets.sparse import (
     IRSMIMOProblem,
     KroneckerSparseProblem,
@@ -39,6 +50,13 @@ from bayeslr.datasets.tabular import BNN_DATASETS, TabularData, load_bnn_dataset
 
 __all__ = [
     "BNN_DATASETS",
+    "CFSplit",
+    "ClickData",
+    "binarize",
+    "load_ml100k",
+    "load_movielens_ratings",
+    "load_movielens_small",
+    "strong_generalization_split",
     "GridData",
     "TabularData",
     "load_bnn_dataset",
