@@ -23,6 +23,11 @@
   (removal by the SNR of :math:`|\theta|`, addition by the dense gradient): :class:`SSVI`
   trains at a target density (1.0 is dense mean-field VI); :func:`bnn_model` is the same network
   as a NumPyro model.
+
+* :mod:`bayeslr.models.multvae` — Mult-VAE and Mult-DAE for collaborative filtering on implicit
+  feedback: an amortized VAE with a multinomial likelihood trained by the annealed β-ELBO of
+  :mod:`bayeslr.infer` on scipy.sparse click matrices, data-parallel over devices with
+  ``jax.sharding``, with checkpoint/resume; :class:`EASE` and popularity as baselines.
 """
 
 from bayeslr.models.funbat import FunBaT, FunBaTPosterior, funbat_model
@@ -37,6 +42,7 @@ from bayeslr.models.krosbl import (
     krosbl_sample,
     nnls,
 )
+from bayeslr.models.multvae import EASE, MultVAE, MultVAEPosterior, multvae_guide, multvae_model
 from bayeslr.models.ssvi import SSVI, SSVIPosterior, bnn_model
 
 __all__ = [
@@ -54,6 +60,11 @@ __all__ = [
     "krosbl_sample",
     "nnls",
     "PDE",
+    "EASE",
+    "MultVAE",
+    "MultVAEPosterior",
+    "multvae_guide",
+    "multvae_model",
     "SSVI",
     "SSVIPosterior",
     "bnn_model",

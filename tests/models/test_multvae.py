@@ -1,0 +1,183 @@
+"""Mult-VAE / Mult-DAE: likelihood against scipy, annealing, the split and fold-in exclusion,
+sharded = single-device steps, checkpoint/resume, real-data quality against popularity, EASE,
+ArviZ and bad input."""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+
+from bayeslr.datasets import binarize, load_movielens_small, strong_generalization_split
+from bayeslr.metrics import ndcg_at_k
+from bayeslr.models import multvae as mv
+from bayeslr.models.multvae import EASE, MultVAE, multinomial_log_likelihood, popularity_scores
+
+
+@functools.cache
+def split():
+    return strong_generalization_split(binarize(load_movielens_small()), 100, 100, seed=1)
+
+
+@functools.cache
+def fitted(kind="vae", epochs=20):
+    s = split()
+    return MultVAE(kind, epochs=epochs, batch_size=100, progress_bar=False, num_draws=30).fit(
+        s.train, validation=(s.val_in, s.val_out)
+    )
+
+
+def test_multinomial_log_likelihood_matches_scipy():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 6))
+    x = rng.integers(0, 4, (3, 6)).astype(float)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = [scipy.stats.multinomial.logpmf(x[i], int(x[i].sum()), p[i]) for i in range(3)]
+    with jax.enable_x64(True):
+        got = multinomial_log_likelihood(jnp.asarray(logits), jnp.asarray(x), normalized=True)
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
+        # without the coefficient: the part that depends on the logits
+        np.testing.assert_allclose(multinomial_log_likelihood(jnp.asarray(logits), jnp.asarray(x)),
+                                   (x * np.log(p)).sum(1), rtol=1e-10)  # fmt: skip
+
+
+def test_annealing_schedule():
+    assert mv.anneal_steps_for(200 * 273) == 200_000
+    s = split()
+    post = MultVAE(epochs=3, batch_size=100, anneal_steps=10, anneal_cap=0.5,
+                   progress_bar=False).fit(s.train)  # fmt: skip
+    steps = np.arange(1, 4) * int(np.ceil(s.train.shape[0] / 100))
+    np.testing.assert_allclose(post.extra["beta"], np.minimum(0.5, steps / 10))
+
+
+def test_split_and_fold_in_exclusion():
+    s = split()
+    data = binarize(load_movielens_small())
+    assert not set(s.val_users) & set(s.test_users)
+    assert s.val_in.shape == s.val_out.shape and s.train.shape[1] == s.val_in.shape[1]
+    # fold-in and targets are disjoint and both non-empty per user
+    assert (s.val_in.multiply(s.val_out)).nnz == 0
+    assert np.all(s.val_in.getnnz(1) > 0) and np.all(s.val_out.getnnz(1) > 0)
+    # every item of the split is clicked by some training user
+    assert np.all(np.asarray(s.train.sum(0)).ravel() > 0)
+    # a held-out user's fold-in + targets are exactly their clicks on kept items
+    u = s.val_users[0]
+    row = data.matrix[np.searchsorted(data.user_ids, u)]
+    col = {it: j for j, it in enumerate(data.item_ids)}
+    kept = {col[i] for i in s.item_ids}
+    clicked = {j for j in row.indices if j in kept}
+    got = {col[s.item_ids[j]] for j in (*s.val_in[0].indices, *s.val_out[0].indices)}
+    assert got == clicked
+    post = fitted()
+    rec = post.recommend(s.test_in, k=50)
+    seen = s.test_in.toarray() > 0
+    assert not np.any(np.take_along_axis(seen, rec, 1))
+    scores = post.predict(s.test_in)
+    assert np.all(np.diff(np.take_along_axis(-scores, rec, 1), axis=1) >= -1e-6)
+
+
+def test_training_on_movielens_beats_popularity():
+    s = split()
+    pop = ndcg_at_k(popularity_scores(s.train, s.test_in.shape[0]), s.test_out, 100,
+                    exclude=s.test_in)  # fmt: skip
+    for kind, epochs in (("vae", 20), ("dae", 40)):
+        post = fitted(kind, epochs)
+        ndcg = ndcg_at_k(post.predict(s.test_in), s.test_out, 100, exclude=s.test_in)
+        assert ndcg > pop + 0.05, (kind, ndcg, pop)
+        assert post.extra["val_ndcg"].shape == (epochs,)
+        assert post.extra["best_epoch"] == int(np.argmax(post.extra["val_ndcg"]))
+    ease = EASE(200.0).fit(s.train)
+    assert np.all(np.diag(ease.B) == 0)
+    assert ndcg_at_k(ease.predict(s.test_in), s.test_out, 100, exclude=s.test_in) > pop + 0.05
+
+
+def test_to_arviz_and_loo():
+    import arviz as az
+
+    post = fitted()
+    tree = post.to_arviz()
+    assert tree.posterior["z"].dims == ("chain", "draw", "user", "latent")
+    assert tree.posterior["z"].shape == (1, 30, 100, 200)
+    assert tree.log_likelihood["x"].shape == (1, 30, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert np.isfinite(az.loo(tree).elpd)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    s = split()
+    kw = dict(epochs=4, batch_size=100, anneal_steps=50, progress_bar=False)
+    full = MultVAE(**kw).fit(s.train, validation=(s.val_in, s.val_out))
+    path = tmp_path / "ckpt.pkl"
+    save = mv._save
+
+    def crash_after_two(p, obj):
+        save(p, obj)
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mv, "_save", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        MultVAE(checkpoint=path, **kw).fit(s.train, validation=(s.val_in, s.val_out))
+    monkeypatch.setattr(mv, "_save", save)
+    assert path.exists() and not list(tmp_path.glob("*.tmp"))
+    resumed = MultVAE(checkpoint=path, **kw).fit(s.train, validation=(s.val_in, s.val_out))
+    np.testing.assert_allclose(resumed.extra["loss"], full.extra["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed.predict(s.test_in), full.predict(s.test_in), rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="different run"):
+        MultVAE("dae", checkpoint=path, **kw).fit(s.train)
+
+
+def test_two_device_sharded_training_equals_one_device():
+    code = textwrap.dedent("""
+        import numpy as np, jax
+        assert len(jax.devices()) == 2
+        from bayeslr.datasets import binarize, load_movielens_small, strong_generalization_split
+        from bayeslr.models.multvae import MultVAE
+        s = strong_generalization_split(binarize(load_movielens_small()), 100, 100, seed=1)
+        kw = dict(epochs=2, batch_size=100, progress_bar=False)
+        one = MultVAE(**kw).fit(s.train)
+        two = MultVAE(devices=2, **kw).fit(s.train)
+        np.testing.assert_allclose(two.extra["loss"], one.extra["loss"], rtol=1e-4)
+        np.testing.assert_allclose(two.predict(s.test_in), one.predict(s.test_in), rtol=1e-3,
+                                   atol=1e-3)
+        print("OK", one.extra["loss"][-1], two.extra["loss"][-1])
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK" in proc.stdout
+
+
+def test_bad_input():
+    s = split()
+    bad = s.train.tolil()
+    bad[3, :] = 0
+    with pytest.raises(ValueError, match="without clicks"):
+        MultVAE(epochs=1, progress_bar=False).fit(bad.tocsr())
+    neg = s.train.copy()
+    neg.data[0] = np.nan
+    with pytest.raises(ValueError, match="non-negative finite"):
+        MultVAE(epochs=1, progress_bar=False).fit(neg)
+    post = fitted()
+    with pytest.raises(ValueError, match="item columns"):
+        post.predict(sp.csr_matrix(np.ones((2, 10))))
+    with pytest.raises(ValueError, match="`k`"):
+        post.recommend(s.test_in, k=s.test_in.shape[1] + 1)
+    with pytest.raises(ValueError, match="anneal_cap"):
+        MultVAE(anneal_cap=1.5)
+    with pytest.raises(ValueError, match="kind"):
+        MultVAE("gan")
+    with pytest.raises(ValueError, match="devices"):
+        MultVAE(devices=64, epochs=1, progress_bar=False).fit(s.train)
