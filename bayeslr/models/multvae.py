@@ -364,7 +364,8 @@ class MultVAE:
         latent_dim: :math:`K` (VAE: 200) or the DAE's bottleneck (200).
         dropout: input dropout rate (0.5: keep probability 0.5).
         anneal_cap: the largest β (0.2, the notebook's), or ``"auto"``: anneal to 1 over the
-            run, take β at the epoch of best validation NDCG@100, then train again capped there.
+            run, take β at the epoch of best validation NDCG@100, then train again at the same
+            annealing rate, capped there.
         anneal_steps: :math:`T_a`; default :func:`anneal_steps_for` the run length.
         weight_decay: DAE :math:`\lambda` (default 0.01 / ``batch_size``); VAE: 0.
         epochs, batch_size, learning_rate: Adam on minibatches of users (every epoch visits
@@ -466,14 +467,14 @@ class MultVAE:
             )
         return jax.sharding.Mesh(np.asarray(devs), ("batch",))
 
-    def svi(self, encoder, decoder, total_steps: int, cap: float):
+    def svi(self, encoder, decoder, total_steps: int, cap: float, anneal_steps: int | None = None):
         """The :class:`bayeslr.infer.ObjectiveSVI` that trains the networks (β-ELBO with linear
         annealing for the VAE; the plain log-likelihood plus weight decay for the DAE)."""
         from bayeslr.infer import ELBO, BetaELBO, ObjectiveSVI, linear_warmup
 
         opt = optax.adam(self.learning_rate)
         if self.kind == "vae":
-            steps = self.anneal_steps or anneal_steps_for(total_steps)
+            steps = anneal_steps or self.anneal_steps or anneal_steps_for(total_steps)
             loss = BetaELBO(beta=linear_warmup(steps, cap))
 
             def model(x):
@@ -512,10 +513,14 @@ class MultVAE:
         if self.anneal_cap == "auto" and self.kind == "vae":
             if validation is None:
                 raise ValueError("`anneal_cap='auto'` needs `validation` to select β.")
-            first = self._train(X, validation, cap=1.0, tag="auto")
+            # anneal to 1 over the run (unless anneal_steps is given); the re-run anneals at the
+            # same rate and stops at the selected β, so it reaches β* where the first run did
+            rate = self.anneal_steps or math.ceil(X.shape[0] / min(self.batch_size, X.shape[0])
+                                                  ) * self.epochs  # fmt: skip
+            first = self._train(X, validation, cap=1.0, tag="auto", anneal_steps=rate)
             best = int(np.argmax(first["val_ndcg"]))
             beta = float(first["beta"][best])
-            out = self._train(X, validation, cap=beta, tag="final")
+            out = self._train(X, validation, cap=beta, tag="final", anneal_steps=rate)
             out["extra"]["selected_beta"] = beta
             out["extra"]["selection_val_ndcg"] = first["val_ndcg"]
             out["extra"]["selection_beta"] = first["beta"]
@@ -524,7 +529,7 @@ class MultVAE:
             out = self._train(X, validation, cap=cap, tag="final")
         return self._posterior(out, validation)
 
-    def _train(self, X, validation, cap: float, tag: str) -> dict:
+    def _train(self, X, validation, cap: float, tag: str, anneal_steps: int | None = None) -> dict:
         from tqdm.auto import tqdm
 
         from bayeslr.metrics import ndcg_at_k
@@ -536,7 +541,8 @@ class MultVAE:
         key = jax.random.PRNGKey(self.seed)
         k_net, k_svi, k_data = jax.random.split(key, 3)
         encoder, decoder = self.networks(n_items, k_net)
-        svi = self.svi(encoder, decoder, total, cap)
+        t_anneal = anneal_steps or self.anneal_steps or anneal_steps_for(total)
+        svi = self.svi(encoder, decoder, total, cap, t_anneal)
         mesh = self._mesh()
         if mesh is not None and B % mesh.size:
             raise ValueError(f"the batch of {B} users does not split over {mesh.size} devices.")
@@ -590,8 +596,7 @@ class MultVAE:
             hist["loss"].append(losses / B)
             params = svi.get_params(state)
             step = (epoch + 1) * n_batches
-            beta = 0.0 if self.kind == "dae" else float(min(cap, step / (
-                self.anneal_steps or anneal_steps_for(total))))  # fmt: skip
+            beta = 0.0 if self.kind == "dae" else float(min(cap, step / t_anneal))
             hist["beta"].append(beta)
             if validation is not None:
                 s = np.concatenate([np.asarray(score(params, jnp.asarray(
