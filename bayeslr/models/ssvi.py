@@ -200,21 +200,33 @@ def _ranks(score):
     return jnp.argsort(jnp.argsort(-score, stable=True), stable=True)
 
 
-def support_update(mask, score, grad, n_prune):
+def support_update(mask, score, grad, n_prune, max_prune: int | None = None):
     r"""One removal/addition on one layer (flattened or not; shapes are kept).
 
     Keeps the ``s - n_prune`` active entries with the highest ``score`` (``s`` = active count),
     then adds the ``n_prune`` entries with the largest ``|grad|`` among those not kept.
-    ``n_prune`` may be traced.
+    ``n_prune`` may be traced. With a static bound ``max_prune >= n_prune`` the selection uses
+    two ``lax.top_k`` of size ``max_prune`` (cheap: ``max_prune`` is a fraction of ``s``);
+    without it, full ranks (two double ``argsort``). Ties go to the lower index either way.
 
     Returns:
         ``(new_mask, kept, added)`` boolean arrays; ``new_mask`` has exactly ``s`` entries.
     """
     shape = mask.shape
     m, sc, g = mask.ravel(), score.ravel(), jnp.abs(grad.ravel())
-    n_active = jnp.sum(m)
-    keep = m & (_ranks(jnp.where(m, sc, -jnp.inf)) < n_active - n_prune)
-    add = ~keep & (_ranks(jnp.where(keep, -jnp.inf, g)) < n_prune)
+    if max_prune is None:
+        n_active = jnp.sum(m)
+        keep = m & (_ranks(jnp.where(m, sc, -jnp.inf)) < n_active - n_prune)
+        add = ~keep & (_ranks(jnp.where(keep, -jnp.inf, g)) < n_prune)
+    else:
+        k = max(int(max_prune), 1)
+        take = jnp.arange(k) < n_prune
+        # the n_prune lowest-scoring active entries (ties: the higher index goes first)
+        _, low = jax.lax.top_k(jnp.where(m, -sc, -jnp.inf)[::-1], k)
+        removed = jnp.zeros_like(m).at[m.size - 1 - low].set(take)
+        keep = m & ~removed
+        _, best = jax.lax.top_k(jnp.where(keep, -jnp.inf, g), k)
+        add = jnp.zeros_like(m).at[best].set(take)
     return (keep | add).reshape(shape), keep.reshape(shape), add.reshape(shape)
 
 
@@ -802,7 +814,8 @@ class SSVI:
                     continue
                 score = removal_scores(mu_i, jax.nn.softplus(rho_i), self.criterion)
                 n_prune = jnp.floor(frac * counts[i]).astype(jnp.int32)
-                m_new, kept, _ = support_update(m_old, score, gW[i], n_prune)
+                bound = math.floor(self.update_fraction * counts[i])  # α_t <= α
+                m_new, kept, _ = support_update(m_old, score, gW[i], n_prune, bound)
                 fresh = m_new & ~m_old
                 rho_mean = jnp.sum(jnp.where(kept, rho_i, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
                 mu.append(jnp.where(m_new & ~fresh, mu_i, 0.0))

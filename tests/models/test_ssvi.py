@@ -82,6 +82,23 @@ def test_support_update_hand_built():
     assert not np.any(none)
 
 
+def test_support_update_top_k_path_equals_ranks(rng):
+    for n_prune in (0, 1, 5, 12):
+        mask = jnp.asarray(rng.random(200) < 0.3)
+        score = jnp.asarray(rng.random(200))
+        grad = jnp.asarray(rng.standard_normal(200))
+        ranks = support_update(mask, score, grad, n_prune)
+        topk = jax.jit(support_update, static_argnums=4)(mask, score, grad, n_prune, 12)
+        for a, b in zip(ranks, topk, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # ties: both paths remove the higher index among equal scores and add the lower index
+    mask = jnp.array([1, 1, 1, 0, 0], bool)
+    tie = jnp.array([1.0, 1.0, 2.0, 0.0, 0.0])
+    g = jnp.array([0.0, 0.0, 0.0, 3.0, 3.0])
+    for out in (support_update(mask, tie, g, 1), support_update(mask, tie, g, 1, 2)):
+        np.testing.assert_array_equal(out[0], [1, 0, 1, 1, 0])
+
+
 def test_support_update_keeps_the_count(rng):
     for n_prune in (0, 1, 7, 30):
         mask = jnp.asarray(rng.random((8, 16)) < 0.25)
