@@ -10,10 +10,13 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).parents[1] / "examples").glob("*.py"))
 
 
-@pytest.mark.slow
+SMOKE = {f"{m}_SMOKE": "1" for m in ("FUNBAT", "GPHM", "KROSBL", "SSVI", "MULTVAE")}
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs(path):
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    """Top to bottom in each example's small smoke mode (``<MODEL>_SMOKE=1``)."""
+    env = {**os.environ, "TQDM_DISABLE": "1", **SMOKE}
     proc = subprocess.run(
         [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=600
     )
