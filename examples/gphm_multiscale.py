@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 
+import arviz as az
 import matplotlib
 import numpy as np
 
@@ -84,3 +85,15 @@ fig.tight_layout()
 path = os.path.join(tempfile.gettempdir(), "gphm_multiscale.png")
 fig.savefig(path, dpi=90)
 print("figure saved to", path)
+
+# %% [markdown]
+# ## The learned hyperparameters in ArviZ
+# One MAP draw: the mixture weights, frequencies and inverse lengthscales per axis, and the
+# precisions of the boundary and residual terms.
+
+# %%
+idata = post.to_arviz()
+print(az.summary(idata, var_names=["tau1", "tau2"], kind="stats"))
+spec = post.spectrum()[0]
+print("largest components: weights", np.round(spec["weights"][:3], 3),
+      "frequencies", np.round(spec["means"][:3], 2))  # fmt: skip
