@@ -244,7 +244,8 @@ class EASE:
 
 
 def _check_clicks(name: str, m, n_items: int | None = None, allow_empty: bool = False):
-    sp = __import__("scipy.sparse", fromlist=["csr_matrix"])
+    import scipy.sparse as sp
+
     X = sp.csr_matrix(m) if not sp.issparse(m) else m.tocsr()
     if X.ndim != 2:
         raise ValueError(f"`{name}` must be a (users, items) matrix; got shape {X.shape}.")
@@ -300,6 +301,7 @@ class MultVAEPosterior(Posterior):
 
     @property
     def n_items(self) -> int:
+        """The item count of the training catalogue."""
         return self.decoder.layers[-1].weight.shape[0]
 
     def _logits(self, x):

@@ -68,3 +68,17 @@ def test_movielens_small_and_split_sizes():
         strong_generalization_split(c, 0, 10)
     with pytest.raises(ValueError, match="must leave training users"):
         strong_generalization_split(c, 400, 400)
+
+
+def test_ml100k_loader_or_its_install_hint():
+    import importlib.util
+
+    from bayeslr.datasets import load_ml100k
+
+    if importlib.util.find_spec("recbole") is None:
+        with pytest.raises(ImportError, match="--no-deps recbole"):
+            load_ml100k()
+    else:
+        df = load_ml100k()
+        assert df.shape == (100_000, 4) and df["userId"].nunique() == 943
+        assert set(df["rating"].unique()) == {1, 2, 3, 4, 5}
