@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "ArgumentTypeError",
     "check_int",
+    "check_real",
     "is_concrete",
     "check_finite",
     "check_positive",
@@ -55,6 +56,45 @@ def check_int(name: str, value, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
     return int(value)
+
+
+def check_real(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number (``bool`` excluded) in the interval from ``low`` to ``high`` (closed
+    unless ``low_open``/``high_open``; ``None`` for unbounded); returns it as a ``float``.
+
+    Raises:
+        ArgumentTypeError: not a real number (``"0.1"``, ``True``, ``None``).
+        ValueError: NaN, infinite or outside the interval; the message names the interval.
+    """
+    interval = (
+        ("(" if low_open or low is None else "[")
+        + ("-inf" if low is None else f"{low:g}")
+        + ", "
+        + ("inf" if high is None else f"{high:g}")
+        + (")" if high_open or high is None else "]")
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentTypeError(
+            f"`{name}` must be a real number in {interval}; got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    v = float(value)
+    ok = np.isfinite(v)
+    if low is not None:
+        ok = ok and (v > low if low_open else v >= low)
+    if high is not None:
+        ok = ok and (v < high if high_open else v <= high)
+    if not ok:
+        raise ValueError(f"`{name}` must lie in {interval}; got {value!r}.")
+    return v
 
 
 def check_finite(name: str, x) -> None:

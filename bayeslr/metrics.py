@@ -28,6 +28,7 @@ __all__ = [
     "debiased_calibration_error",
     "ndcg_at_k",
     "recall_at_k",
+    "top_k_items",
 ]
 
 
@@ -164,12 +165,20 @@ def _top_k_hits(scores, heldout, k: int, exclude=None):
             f"{int(np.sum(n_rel == 0))} users have no held-out items (rows {bad}...); the metric "
             "is undefined for them: drop them first."
         )
+    return np.take_along_axis(h, top_k_items(s, k, exclude), 1), n_rel
+
+
+def top_k_items(scores, k: int, exclude=None) -> np.ndarray:
+    """Per row, the columns of the ``k`` largest ``scores``, best first (ties: lower column
+    first); entries where ``exclude > 0`` (already-seen items) rank last. ``(users, k)``."""
+    s = np.array(_dense_rows("scores", scores), dtype=np.float64)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= s.shape[1]:
+        raise ValueError(f"`k` must be an int in [1, {s.shape[1]}] (the item count); got {k!r}.")
     if exclude is not None:
         s[_dense_rows("exclude", exclude, s.shape) > 0] = -np.inf
     top = np.argpartition(-s, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, 1)
-    return np.take_along_axis(h, top, 1), n_rel
+    return np.take_along_axis(top, order, 1)
 
 
 def ndcg_at_k(scores, heldout, k: int = 100, exclude=None, reduce: bool = True):

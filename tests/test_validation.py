@@ -51,3 +51,19 @@ def test_check_int():
     assert issubclass(v.ArgumentTypeError, ValueError)
     with pytest.raises(ValueError, match=r"`k` must be an int >= 2; got 1\."):
         v.check_int("k", 1, minimum=2)
+
+
+def test_check_real_intervals_and_types():
+    from bayeslr._validation import ArgumentTypeError, check_real
+
+    assert check_real("a", 1) == 1.0 and isinstance(check_real("a", np.float32(0.5)), float)
+    assert check_real("a", 0.0, low=0.0) == 0.0
+    with pytest.raises(ValueError, match=r"`a` must lie in \(0, 1\]; got 0.0"):
+        check_real("a", 0.0, low=0.0, high=1.0, low_open=True)
+    with pytest.raises(ValueError, match=r"`a` must lie in \[0, 1\); got 1"):
+        check_real("a", 1, low=0.0, high=1.0, high_open=True)
+    with pytest.raises(ValueError, match=r"\[0, inf\)"):
+        check_real("a", float("nan"), low=0.0)
+    for bad in (True, "0.1", None):
+        with pytest.raises(ArgumentTypeError, match="`a` must be a real number"):
+            check_real("a", bad)

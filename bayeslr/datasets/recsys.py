@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from bayeslr._validation import check_int, check_real
 from bayeslr.datasets.grids import _require
 
 __all__ = [
@@ -170,16 +171,14 @@ def strong_generalization_split(
     split at random: ``fold_in`` of them (at least one) are input, the rest (at least one) are
     targets; held-out users left with fewer than two clicks are dropped."""
     n_users = data.matrix.shape[0]
-    for name, v in (("n_val", n_val), ("n_test", n_test)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
+    check_int("n_val", n_val)
+    check_int("n_test", n_test)
     if n_val + n_test >= n_users:
         raise ValueError(
             f"`n_val` + `n_test` ({n_val + n_test}) must leave training users; there are "
             f"{n_users} users."
         )
-    if not 0.0 < fold_in < 1.0:
-        raise ValueError(f"`fold_in` must lie in (0, 1); got {fold_in!r}.")
+    check_real("fold_in", fold_in, low=0.0, high=1.0, low_open=True, high_open=True)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n_users)
     val, test, train = perm[:n_val], perm[n_val : n_val + n_test], perm[n_val + n_test :]

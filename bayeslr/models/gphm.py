@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeslr._validation import check_int
+from bayeslr._validation import check_int, check_real
 from bayeslr.gp.kernels import SpectralMixture, StudentTMixture
 from bayeslr.infer.posterior import Posterior
 from bayeslr.linalg.kron import mode_product
@@ -655,11 +655,7 @@ class GPHMPosterior(Posterior):
 
 
 def _positive(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a positive float; got {v!r}.")
-    if not (np.isfinite(v) and v > 0):
-        raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
-    return float(v)
+    return check_real(name, v, low=0.0, low_open=True)
 
 
 class GPSolver:
@@ -787,10 +783,8 @@ class GPSolver:
         if extra_gp_fraction == "problem":
             extra_gp_fraction = problem.extra_gp_fraction if problem is not None else None
         if extra_gp_fraction is not None:
-            c = _positive("extra_gp_fraction", extra_gp_fraction)
-            if c >= 1:
-                raise ValueError(f"`extra_gp_fraction` must lie in (0, 1); got {c}.")
-            extra_gp_fraction = c
+            extra_gp_fraction = check_real("extra_gp_fraction", extra_gp_fraction, low=0.0,
+                                           high=1.0, low_open=True, high_open=True)  # fmt: skip
         self.extra_gp_fraction = extra_gp_fraction
         if not isinstance(progress_bar, bool):
             raise TypeError(f"`progress_bar` must be a bool; got {progress_bar!r}.")

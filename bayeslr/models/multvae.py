@@ -50,6 +50,7 @@ it stopped and ends where an uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -66,8 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeslr._validation import check_int
-from bayeslr.infer import Posterior
+from bayeslr._validation import check_int, check_real
+from bayeslr.infer import Posterior, linear_warmup
 
 __all__ = [
     "MultVAE",
@@ -116,6 +117,22 @@ class _MLP(eqx.Module):
             if i < len(self.layers) - 1:
                 x = jnp.tanh(x)
         return x
+
+
+def _scores(encoder, decoder, x, kind: str, latent_dim: int):
+    """Item scores (logits) of a batch of click rows: the decoder at the encoder mean (VAE), or
+    the autoencoder's reconstruction (DAE); no dropout, no sampling."""
+    h = _normalize(x)
+    if kind == "dae":
+        return jax.vmap(lambda v: decoder(jnp.tanh(encoder(v))))(h)
+    return jax.vmap(decoder)(jax.vmap(encoder)(h)[:, :latent_dim])
+
+
+def _in_batches(fn, X, batch_size: int = 2000) -> np.ndarray:
+    """``fn`` on the rows of the CSR ``X``, densified ``batch_size`` rows at a time."""
+    out = [np.asarray(fn(jnp.asarray(X[i : i + batch_size].toarray(), jnp.float32)))
+           for i in range(0, X.shape[0], batch_size)]  # fmt: skip
+    return np.concatenate(out)
 
 
 def _normalize(x):
@@ -217,9 +234,7 @@ class EASE:
     :math:`O(I^3)` time, :math:`O(I^2)` memory (float64)."""
 
     def __init__(self, lam: float = 500.0):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
-            raise ValueError(f"`lam` must be a positive float; got {lam!r}.")
-        self.lam = float(lam)
+        self.lam = check_real("lam", lam, low=0.0, low_open=True)
         self.B = None
 
     def fit(self, train) -> EASE:
@@ -304,35 +319,23 @@ class MultVAEPosterior(Posterior):
         """The item count of the training catalogue."""
         return self.decoder.layers[-1].weight.shape[0]
 
-    def _logits(self, x):
-        h = _normalize(x)
-        if self.kind == "dae":
-            return jax.vmap(lambda v: self.decoder(jnp.tanh(self.encoder(v))))(h)
-        mu = jax.vmap(self.encoder)(h)[:, : self.latent_dim]
-        return jax.vmap(self.decoder)(mu)
-
     def predict(self, user_items, batch_size: int = 2000, **_: Any) -> np.ndarray:  # type: ignore[override]
         """Scores (logits) of every item for each row of ``user_items`` (users × items clicks,
         dense or scipy.sparse), from the encoder mean; ``(users, items)``."""
         X = _check_clicks("user_items", user_items, self.n_items, allow_empty=True)
-        fn = jax.jit(self._logits)
-        out = [
-            np.asarray(fn(jnp.asarray(X[i : i + batch_size].toarray(), jnp.float32)))
-            for i in range(0, X.shape[0], batch_size)
-        ]
-        return np.concatenate(out) if out else np.zeros((0, self.n_items), np.float32)
+        if X.shape[0] == 0:
+            return np.zeros((0, self.n_items), np.float32)
+        kind, latent = self.kind, self.latent_dim
+        fn = jax.jit(lambda x: _scores(self.encoder, self.decoder, x, kind, latent))
+        return _in_batches(fn, X, batch_size)
 
     def recommend(self, user_items, k: int = 20) -> np.ndarray:
         """The ``k`` best items per user (column indices, best first), never one the user has
-        already clicked."""
+        already clicked (:func:`bayeslr.metrics.top_k_items`)."""
+        from bayeslr.metrics import top_k_items
+
         X = _check_clicks("user_items", user_items, self.n_items, allow_empty=True)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= X.shape[1]:
-            raise ValueError(f"`k` must be an int in [1, {X.shape[1]}]; got {k!r}.")
-        s = self.predict(X).astype(np.float64)
-        s[X.toarray() > 0] = -np.inf
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, 1)
+        return top_k_items(self.predict(X), k, exclude=X)
 
     def log_likelihood(self) -> dict[str, jax.Array]:
         x_out = self._eval[1]
@@ -407,17 +410,9 @@ class MultVAE:
         hidden = ([600] if kind == "vae" else []) if hidden is None else list(hidden)
         self.hidden = [check_int("hidden", h) for h in hidden]
         self.latent_dim = check_int("latent_dim", latent_dim)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-            0 <= dropout < 1
-        ):
-            raise ValueError(f"`dropout` must be a rate in [0, 1); got {dropout!r}.")
-        self.dropout = float(dropout)
-        if anneal_cap != "auto" and (
-            isinstance(anneal_cap, bool)
-            or not isinstance(anneal_cap, (int, float))
-            or not 0 <= anneal_cap <= 1
-        ):
-            raise ValueError(f"`anneal_cap` must be in [0, 1] or 'auto'; got {anneal_cap!r}.")
+        self.dropout = check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
+        if anneal_cap != "auto":
+            anneal_cap = check_real("anneal_cap", anneal_cap, low=0.0, high=1.0)
         self.anneal_cap = anneal_cap
         self.anneal_steps = (
             None if anneal_steps is None else check_int("anneal_steps", anneal_steps)
@@ -426,16 +421,8 @@ class MultVAE:
         self.batch_size = check_int("batch_size", batch_size)
         if weight_decay is None:
             weight_decay = 0.01 / self.batch_size if kind == "dae" else 0.0
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or (
-            weight_decay < 0
-        ):
-            raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay!r}.")
-        self.weight_decay = float(weight_decay)
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
-            learning_rate > 0
-        ):
-            raise ValueError(f"`learning_rate` must be a positive float; got {learning_rate!r}.")
-        self.learning_rate = float(learning_rate)
+        self.weight_decay = check_real("weight_decay", weight_decay, low=0.0)
+        self.learning_rate = check_real("learning_rate", learning_rate, low=0.0, low_open=True)
         self.devices = devices
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.num_draws = check_int("num_draws", num_draws)
@@ -472,7 +459,7 @@ class MultVAE:
     def svi(self, encoder, decoder, total_steps: int, cap: float, anneal_steps: int | None = None):
         """The :class:`bayeslr.infer.ObjectiveSVI` that trains the networks (β-ELBO with linear
         annealing for the VAE; the plain log-likelihood plus weight decay for the DAE)."""
-        from bayeslr.infer import ELBO, BetaELBO, ObjectiveSVI, linear_warmup
+        from bayeslr.infer import ELBO, BetaELBO, ObjectiveSVI
 
         opt = optax.adam(self.learning_rate)
         if self.kind == "vae":
@@ -598,12 +585,10 @@ class MultVAE:
             hist["loss"].append(losses / B)
             params = svi.get_params(state)
             step = (epoch + 1) * n_batches
-            beta = 0.0 if self.kind == "dae" else float(min(cap, step / t_anneal))
+            beta = 0.0 if self.kind == "dae" else float(linear_warmup(t_anneal, cap)(step))
             hist["beta"].append(beta)
             if validation is not None:
-                s = np.concatenate([np.asarray(score(params, jnp.asarray(
-                    validation[0][i : i + 2000].toarray(), jnp.float32)))
-                    for i in range(0, validation[0].shape[0], 2000)])  # fmt: skip
+                s = _in_batches(functools.partial(score, params), validation[0])
                 ndcg = ndcg_at_k(s, validation[1], 100, exclude=validation[0])
                 hist["val_ndcg"].append(ndcg)
                 if best is None or ndcg > best["ndcg"]:
@@ -647,10 +632,7 @@ class MultVAE:
         def score(params, x):
             enc = eqx.combine(params["encoder$params"], enc_static)
             dec = eqx.combine(params["decoder$params"], dec_static)
-            h = _normalize(x)
-            if kind == "dae":
-                return jax.vmap(lambda v: dec(jnp.tanh(enc(v))))(h)
-            return jax.vmap(dec)(jax.vmap(enc)(h)[:, :latent])
+            return _scores(enc, dec, x, kind, latent)
 
         return score
 

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeslr._validation import check_int
+from bayeslr._validation import check_int, check_real
 from bayeslr.infer import Posterior, linear_warmup
 
 __all__ = [
@@ -499,12 +499,7 @@ def _make_posterior(layers, params, masks, task, n_classes, x_stats, y_stats, im
 
 
 def _check_density(density) -> float:
-    if isinstance(density, bool) or not isinstance(density, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`density` must be a float in (0, 1]; got {density!r}.")
-    d = float(density)
-    if not (0.0 < d <= 1.0):
-        raise ValueError(f"`density` must lie in (0, 1]; got {density!r}.")
-    return d
+    return check_real("density", density, low=0.0, high=1.0, low_open=True)
 
 
 def _check_features(name: str, x, n_features: int | None = None) -> np.ndarray:
@@ -638,26 +633,13 @@ class SSVI:
             raise ValueError(f"`mask_update` must be one of {MASK_UPDATES}; got {mask_update!r}.")
         self.mask_update = mask_update
         self.update_every = check_int("update_every", update_every, minimum=1)
-        for name, v, lo, hi in (("update_fraction", update_fraction, 0.0, 1.0),
-                                ("update_until", update_until, 0.0, 1.0),
-                                ("kl_warmup", kl_warmup, 0.0, 1.0)):  # fmt: skip
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise ValueError(f"`{name}` must be a float in [{lo}, {hi}]; got {v!r}.")
-        self.update_fraction = float(update_fraction)
-        self.update_until = float(update_until)
-        self.kl_warmup = float(kl_warmup)
-        for name, v, zero_ok in (("prior_scale", prior_scale, False),
-                                 ("kl_weight", kl_weight, True), ("init_sd", init_sd, False),
-                                 ("learning_rate", learning_rate, False)):  # fmt: skip
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or (
-                v < 0 or (v == 0 and not zero_ok)
-            ):
-                raise ValueError(f"`{name}` must be a {'non-negative' if zero_ok else 'positive'} "
-                                 f"float; got {v!r}.")  # fmt: skip
-        self.prior_scale = float(prior_scale)
-        self.kl_weight = float(kl_weight)
-        self.init_sd = float(init_sd)
-        self.learning_rate = float(learning_rate)
+        self.update_fraction = check_real("update_fraction", update_fraction, low=0.0, high=1.0)
+        self.update_until = check_real("update_until", update_until, low=0.0, high=1.0)
+        self.kl_warmup = check_real("kl_warmup", kl_warmup, low=0.0, high=1.0)
+        self.prior_scale = check_real("prior_scale", prior_scale, low=0.0, low_open=True)
+        self.kl_weight = check_real("kl_weight", kl_weight, low=0.0)
+        self.init_sd = check_real("init_sd", init_sd, low=0.0, low_open=True)
+        self.learning_rate = check_real("learning_rate", learning_rate, low=0.0, low_open=True)
         self.epochs = check_int("epochs", epochs)
         self.batch_size = check_int("batch_size", batch_size)
         self.optimizer = optimizer
