@@ -286,8 +286,12 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
                method="nuts", num_warmup=300, num_samples=300, num_chains=1, progress_bar=False,
                seed=0)  # fmt: skip
     fn = np.asarray(nuts.samples["f"]).reshape(-1, len(df))
-    # predictive means within 10% of the noise sd (measured: 0.006 against sd 0.1)
-    assert np.sqrt(np.mean((fn.mean(0) - pred["mean"].to_numpy()) ** 2)) < 0.01
+    # predictive means within 10% of the noise sd (0.01) plus two Monte Carlo standard errors
+    # of the NUTS mean: 300 draws leave an RMS standard error of about 0.009, which alone
+    # moved the measured RMS difference between 0.006 and 0.012 across seeds and machines
+    ess = np.asarray(az.ess(fn[None]))
+    mcse = np.sqrt(np.mean(fn.var(0) / ess))
+    assert np.sqrt(np.mean((fn.mean(0) - pred["mean"].to_numpy()) ** 2)) < 0.01 + 2 * mcse
     # noise precision and the latent sd of f within 15%
     tau_nuts = float(np.mean(nuts.samples["tau"]))
     assert abs(post.extra["tau"] - tau_nuts) < 0.15 * tau_nuts

@@ -361,9 +361,9 @@ def test_bad_coupling_raises(coupling, method, match):
 # the NumPyro model
 
 
-def _small_model_problem(rng):
-    """A 5 x 5 Kronecker-sparse x (2 x 2 non-zeros), two 4 x 5 dictionaries, 30 dB."""
-    ns, ms = (5, 5), (4, 4)
+def _small_model_problem(rng, ms=(4, 4)):
+    """A 5 x 5 Kronecker-sparse x (2 x 2 non-zeros), two ``m x 5`` dictionaries, 30 dB."""
+    ns = (5, 5)
     a = _dict(rng, ms, ns)
     x = _sparse_kron_x(rng, ns, 2)
     ax = _kron(a) @ x
@@ -376,7 +376,10 @@ def test_krosbl_model_nuts_matches_truth_and_em(x64, rng):
     from bayeslr.infer import fit
     from bayeslr.models.krosbl import krosbl_model
 
-    y, a, x, s2 = _small_model_problem(rng)
+    # 36 measurements of 25 unknowns. With fewer (4 x 4 = 16) the posterior is multimodal over
+    # supports and one short chain lands in a mode by chance (relative error 0.09 to 1.5 over
+    # seeds 0-2); here it is one mode and every seed gives about 2e-3.
+    y, a, x, s2 = _small_model_problem(rng, ms=(6, 6))
     em = np.asarray(krosbl_em(y, a, method="svd", noise=s2).mean)
     post = fit(
         krosbl_model,
@@ -392,10 +395,10 @@ def test_krosbl_model_nuts_matches_truth_and_em(x64, rng):
     )
     xm = np.asarray(post.samples["x"]).reshape(-1, 25).mean(axis=0)
     scale = np.sum(x**2)
-    assert np.sum((xm - x) ** 2) / scale < 0.15
-    assert np.sum((xm - em) ** 2) / scale < 0.1
+    assert np.sum((xm - x) ** 2) / scale < 0.02
+    assert np.sum((xm - em) ** 2) / scale < 0.02
     # off-support entries are shrunk: the largest off-support |mean| is well below the signal
-    assert np.abs(xm[x == 0]).max() < 0.5 * np.abs(x[x != 0]).min()
+    assert np.abs(xm[x == 0]).max() < 0.25 * np.abs(x[x != 0]).min()
     # the scale-carrying factorisation: shape factors have log-mean zero
     g0 = np.asarray(post.samples["gamma_0"])
     np.testing.assert_allclose(np.log(g0).mean(axis=-1), 0.0, atol=1e-10)
