@@ -16,9 +16,10 @@
 # persistence / linear interpolation.
 #
 # Run top to bottom: `python examples/statespace_gp_clemson.py` (well under a minute on 2 CPU
-# cores).
+# cores; `STATESPACE_SMOKE=1` for a 10-step smoke run).
 
 # %%
+import os
 import time
 
 import jax
@@ -33,6 +34,7 @@ from bayeslr.gp import Matern32, Matern52
 from bayeslr.linalg import statespace as ss
 
 jax.config.update("jax_enable_x64", True)  # a script may choose float64 for itself
+STEPS = 10 if os.environ.get("STATESPACE_SMOKE") == "1" else 150
 
 # %% [markdown]
 # ## Data: daily maxima in °C, times in years
@@ -109,14 +111,14 @@ def step(theta, state):
 
 theta, state, _ = step(theta, state)  # compile
 t0 = time.perf_counter()
-for _ in (bar := trange(150, desc="Adam on -log p(y)/n")):
+for _ in (bar := trange(STEPS, desc="Adam on -log p(y)/n")):
     theta, state, value = step(theta, state)
     bar.set_postfix(loss=f"{float(value):.4f}")
 fit_s = time.perf_counter() - t0
 s1, l1, s2, l2, noise = np.exp(np.asarray(theta))
 print(
-    f"fit: {fit_s:.1f} s for 150 value+gradient steps on n = {len(t)} "
-    f"({1e3 * fit_s / 150:.1f} ms per step)"
+    f"fit: {fit_s:.1f} s for {STEPS} value+gradient steps on n = {len(t)} "
+    f"({1e3 * fit_s / STEPS:.1f} ms per step)"
 )
 print(
     f"slow: sd {np.sqrt(s1):.2f} °C, lengthscale {365.25 * l1:.1f} days; "

@@ -10,7 +10,7 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).parents[1] / "examples").glob("*.py"))
 
 
-SMOKE = {f"{m}_SMOKE": "1" for m in ("FUNBAT", "GPHM", "KROSBL", "SSVI", "MULTVAE")}
+SMOKE = {f"{m}_SMOKE": "1" for m in ("FUNBAT", "GPHM", "KROSBL", "SSVI", "MULTVAE", "STATESPACE")}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -266,8 +266,9 @@ def test_two_dimensional_poisson_runs_on_a_kronecker_grid(x64):
         boundary=lambda x: jnp.sin(k * x[:, 0]) * jnp.cos(x[:, 1]),
         source=lambda x: -(k**2 + 1) * jnp.sin(k * x[..., 0]) * jnp.cos(x[..., 1]),
     )
-    post = GPSolver(pde, grid=(24, 18), num_components=4, freq_scale=1.0, num_steps=800,
-                    lbfgs_steps=100, **QUIET).fit()  # fmt: skip
+    # 200 Gauss-Newton steps give 3.8e-3 (L-BFGS is tested in 1-D above)
+    post = GPSolver(pde, grid=(24, 18), num_components=4, freq_scale=1.0, num_steps=200,
+                    **QUIET).fit()  # fmt: skip
     xs = np.stack(np.meshgrid(np.linspace(0, 3, 30), np.linspace(0, 2, 20)), -1).reshape(-1, 2)
     u = np.sin(k * xs[:, 0]) * np.cos(xs[:, 1])
     assert np.linalg.norm(post.predict(xs) - u) / np.linalg.norm(u) < 1e-2
