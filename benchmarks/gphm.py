@@ -81,8 +81,8 @@ GP_STEPS = {1: 600, 2: 200}
 # a solution of the interior equation that misses the boundary data (relative L2 5.9 and 5.2,
 # measured with the same solver), while 100² gives 4e-2 (StM) / 9e-3 (GM).
 GRID_2D = {"allencahn2d_multiscale": 100}
-STEPS_2D = {400: 60, 200: 200, 100: 200}
-ADVECTION_STEPS = 100
+STEPS_2D = {400: 60, 200: 200, 100: 200}  # by grid size, unless the problem is named here:
+STEPS_2D_BY_PROBLEM = {"advection": 100}
 PINN_STEPS = {1: 5000, 2: 2000}
 PINN_GRID_2D = 80
 SCALE_GRIDS = (100, 316, 1000)
@@ -279,13 +279,9 @@ def part_accuracy(names, quick: bool) -> dict:
         problem = pde_problem(name)
         d = problem.dim
         grid = None if d == 1 else GRID_2D.get(name, problem.grid_size)
-        steps = GP_STEPS[d] if d == 1 else STEPS_2D[grid]
-        if name == "advection":
-            steps = ADVECTION_STEPS
+        steps = GP_STEPS[d] if d == 1 else STEPS_2D_BY_PROBLEM.get(name, STEPS_2D[grid])
         if quick:
-            steps = 300 if d == 1 else 40
-        if quick and d == 2:
-            grid = 40
+            steps, grid = (300, grid) if d == 1 else (40, 40)
         rec = {"grid": grid or problem.grid_size, "steps": steps}
         for kernel in ("stm",) if quick else ("stm", "gm"):
             rec[kernel] = run_gphm(problem, kernel, steps, grid)

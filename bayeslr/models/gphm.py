@@ -575,30 +575,26 @@ def _kron_preconditioner(V, E, axes, operator, orders, base, w2):
             G_inv.append(jnp.matmul(jnp.conj(R).T, R, precision=_HI))
         Us.append(U)
     absD = jnp.abs(D)
-    if not odd:
+    if odd:
+        phase = jnp.where(absD > 0, jnp.conj(D) / jnp.where(absD > 0, absD, 1.0), 1.0)
+        h = phase * jnp.sqrt(g / (1.0 + w2**2 * absD**2 * g))
+
+        def middle(y):  # H G^-1 H^H
+            y = y * jnp.conj(h)
+            for j, Gi in enumerate(G_inv):
+                y = mode_product(y, Gi, j)
+            return y * h
+    else:
         scale = 1.0 / (1.0 + w2**2 * absD**2 * g)
 
-        def apply_diagonal(z):
-            y = z.reshape(V.shape)
-            for j, U in enumerate(Us):
-                y = mode_product(y, U.T, j)
-            y = y * scale
-            for j, U in enumerate(Us):
-                y = mode_product(y, U, j)
-            return y.ravel()
-
-        return apply_diagonal
-    phase = jnp.where(absD > 0, jnp.conj(D) / jnp.where(absD > 0, absD, 1.0), 1.0)
-    h = phase * jnp.sqrt(g / (1.0 + w2**2 * absD**2 * g))
+        def middle(y):  # diag(1 + tau |D|^2 g)^-1
+            return y * scale
 
     def apply(z):
         y = z.reshape(V.shape).astype(ctype)
         for j, U in enumerate(Us):
             y = mode_product(y, jnp.conj(U).T, j)
-        y = y * jnp.conj(h)
-        for j, Gi in enumerate(G_inv):
-            y = mode_product(y, Gi, j)
-        y = y * h
+        y = middle(y)
         for j, U in enumerate(Us):
             y = mode_product(y, U, j)
         return jnp.real(y).ravel()
