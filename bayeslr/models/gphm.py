@@ -606,19 +606,27 @@ def _kron_preconditioner(V, E, axes, operator, orders, base, w2):
 # the posterior
 
 
-def _cross_predict(params, family, axes, jitter, pts, r, chunk_elements: int = 1 << 24):
-    r""":math:`(\otimes_j k_j^{(r_j,0)}(x_{*j}, x_j)) (\otimes_j L_j^{-\top}) V` at ``pts``.
+def _predictive_weights(params, family, axes, jitter) -> jax.Array:
+    r""":math:`\alpha = (\otimes_j L_j^{-\top}) V`, the weights of the cross covariances in the
+    conditional mean (:math:`L_j` the Cholesky factor of the jittered :math:`K_j`); shape
+    ``(M_1, ..., M_d)``, :math:`O(\sum_j M_j^3 + M\sum_j M_j)`."""
+    alpha = params["V"]
+    for j, (k, x) in enumerate(zip(_kernels(params, family), axes, strict=True)):
+        L = jnp.linalg.cholesky(k(x, x) + jitter * k.variance * jnp.eye(x.shape[0], dtype=x.dtype))
+        alpha = mode_product(alpha, jax.scipy.linalg.solve_triangular(L.T, jnp.eye(
+            x.shape[0], dtype=x.dtype), lower=False), j)  # fmt: skip
+    return alpha
+
+
+def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 << 24):
+    r""":math:`(\otimes_j k_j^{(r_j,0)}(x_{*j}, x_j))\,\alpha` at ``pts``
+    (:func:`_predictive_weights`).
 
     The contraction runs axis by axis (first axis by a matrix product, the others row-wise), so
     the largest intermediate is :math:`n_c \prod_{j\ge 2} M_j` for a chunk of :math:`n_c` points;
     points go in chunks of at most ``chunk_elements`` such entries (memory, not a
     :math:`n \times M_1 \times M_2` tensor)."""
     kernels = _kernels(params, family)
-    alpha = params["V"]
-    for j, (k, x) in enumerate(zip(kernels, axes, strict=True)):
-        L = jnp.linalg.cholesky(k(x, x) + jitter * k.variance * jnp.eye(x.shape[0], dtype=x.dtype))
-        alpha = mode_product(alpha, jax.scipy.linalg.solve_triangular(L.T, jnp.eye(
-            x.shape[0], dtype=x.dtype), lower=False), j)  # fmt: skip
     n = pts.shape[0]
     size = max(1, min(n, chunk_elements // max(1, math.prod(alpha.shape[1:]))))
     padded = jnp.concatenate([pts, jnp.broadcast_to(pts[:1], (-n % size, pts.shape[1]))])
@@ -650,6 +658,7 @@ class GPHMPosterior(Posterior):
         self.axes = tuple(np.asarray(a) for a in axes)
         self.jitter = jitter
         self.pde_name = pde_name
+        self._alphas: dict[int, np.ndarray] = {}  # stage -> _predictive_weights, filled lazily
         return self
 
     @property
@@ -695,9 +704,10 @@ class GPHMPosterior(Posterior):
                 :math:`u`.
 
         Returns:
-            ``(n,)`` values. Cost :math:`O(\sum_j M_j^3 + n\,\prod_j M_j)` (the cross
-            covariances are :math:`n \times M_j` per axis; the contraction is dense in the
-            grid).
+            ``(n,)`` values. Cost :math:`O(n\,\prod_j M_j)` (the cross covariances are
+            :math:`n \times M_j` per axis; the contraction is dense in the grid), plus
+            :math:`O(\sum_j M_j^3 + M\sum_j M_j)` on the first call for the weights
+            :math:`(\otimes_j L_j^{-\top})V`, which the posterior keeps.
         """
         d = len(self.axes)
         pts = np.asarray(x, np.float64)
@@ -713,9 +723,12 @@ class GPHMPosterior(Posterior):
         with jax.enable_x64(True):
             axes = tuple(jnp.asarray(a) for a in self.axes)
             total = 0.0
-            for params, family in self.stages:
+            for i, (params, family) in enumerate(self.stages):
                 p = jax.tree.map(jnp.asarray, params)
-                total = total + _cross_predict(p, family, axes, self.jitter, jnp.asarray(pts), r)
+                if i not in self._alphas:  # the per-axis Cholesky solves, once per posterior
+                    self._alphas[i] = np.asarray(_predictive_weights(p, family, axes, self.jitter))
+                alpha = jnp.asarray(self._alphas[i])
+                total = total + _cross_predict(p, family, axes, alpha, jnp.asarray(pts), r)
             return np.asarray(total)
 
 
@@ -753,7 +766,13 @@ class GPSolver:
         freq_scale: :math:`F`: initial frequencies :math:`\mu = \operatorname{linspace}(0, F,
             Q)` in cycles per unit (one float or one per axis); must exceed the solution's
             frequencies (:math:`k/2\pi` for :math:`\sin kx`). Default: the problem's, else 20.
-        boundary_weight: :math:`\lambda_b` (paper: 200, advection 500).
+        boundary_weight: :math:`\lambda_b` (paper: 200, advection 500). With the learned
+            precisions the boundary's share of the loss is about :math:`\lambda_b N_b / M`
+            (:math:`2d\lambda_b/N` on an :math:`N^d` grid), which shrinks as the grid is
+            refined; for a nonlinear operator on a fine grid a small share lets the fit settle
+            on a solution of the interior equation that misses the boundary data (Allen–Cahn
+            2-D: :math:`\lambda_b = 200` fails on 200² and 400², :math:`2d\lambda_b/N = 40`
+            works, ``docs/gphm.md``). Check ``extra["boundary_rms"]`` after a fit.
         num_steps: Adam steps (the paper runs :math:`10^5`–:math:`10^6`).
         optimizer: ``"gauss-newton"`` (default): every step first minimizes over the whitened
             values :math:`V` by one Gauss–Newton step (:func:`gauss_newton_step`; exact for
@@ -773,8 +792,10 @@ class GPSolver:
             the mixture GP and fit a Matérn-5/2 GP on top (module docstring); ``None`` (default)
             for none, or the problem's value with ``extra_gp_fraction="problem"``.
         jitter: relative jitter :math:`\epsilon` on each :math:`K_j`.
-        steps_per_chunk: steps per compiled ``lax.scan`` chunk (the progress bar and the NaN
-            check run between chunks).
+        steps_per_chunk: at most this many steps per compiled ``lax.scan`` chunk (the
+            progress bar and the NaN check run between chunks); the steps are split into equal
+            chunks where they divide evenly, since each distinct chunk length compiles the
+            step again.
         progress_bar: tqdm bar over steps.
 
     The fit runs in float64 (inside ``jax.enable_x64``) whatever the global setting: the Gram
@@ -955,8 +976,11 @@ class GPSolver:
         )
         losses = []
         done = 0
+        # Equal chunks of at most steps_per_chunk (600 steps: 3 x 200, not 250 + 250 + 100):
+        # each distinct chunk length is one more compilation of the whole step.
+        size = -(-n_steps // -(-n_steps // self.steps_per_chunk))
         while done < n_steps:
-            n = min(self.steps_per_chunk, n_steps - done)
+            n = min(size, n_steps - done)
             (params, state), (vals, sse) = chunk(params, state, n)
             vals = np.asarray(vals)
             if not np.all(np.isfinite(vals)):
