@@ -631,8 +631,9 @@ def _filter_combine(ei, ej):
 
 # The parallel forms are jitted: ``lax.associative_scan`` is a Python-level recursion of
 # slices and concatenations, so run eagerly (a notebook call, a test) it dispatches hundreds
-# of small ops, each compiled on first use (15 s for n = 30 against about 1 s jitted). Under
-# an outer ``jit`` these inner ones are inlined.
+# of small ops, each compiled on first use (first Matérn-5/2 filter at n = 30: 15.4 s eager,
+# 4.9 s jitted, both on 2 cores shared with another job). Under an outer ``jit`` these inner
+# ones are inlined.
 @jax.jit
 def _filter_scan(elems):
     return jax.lax.associative_scan(jax.vmap(_filter_combine), elems)
