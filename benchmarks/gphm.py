@@ -3,22 +3,20 @@ r"""GP-HM: a GP solver for high-frequency / multi-scale PDEs vs a PINN and finit
 
 Fang et al., ICLR 2024 (``../shared/papers/gphm.md``). Three parts (float64, CPU):
 
-1. **Accuracy on the paper's eleven PDEs** (:func:`bayeslr.datasets.list_pde_problems`):
-   GP-HM with the Student-t mixture (StM) and the Gaussian mixture (GM), Q = 30, the problem's
-   F and λ_b (except Allen–Cahn 2-D: twenty times it, ``BOUNDARY_WEIGHT``), solved by
-   :class:`bayeslr.models.GPSolver` with its default optimizer (a
-   Gauss–Newton step on the whitened grid values, then Adam on the kernel parameters and
-   precisions, cosine learning rate from 3e-2) for ``GP_STEPS`` steps (600 in 1-D on the
-   paper's grid; in 2-D the paper's grid, 400² or 200² (``GRID_2D`` would override it),
-   with 60 steps at 400², 100 for advection and 200 otherwise; the paper runs
-   1e5–1e6 Adam steps), with the extra GP where the paper uses it and its change point
-   leaves at least 100 steps to the first stage (``extra_gp``: multi-scale yes, sin 500x
-   no); a PINN (equinox tanh MLP, 3 × 100, Adam 1e-3, ``PINN_STEPS`` full-batch steps: 5000
-   in 1-D on the same grid, 2000 in 2-D on an 80² grid; residual normalized by the source's
-   RMS, boundary weight 100); and second-order finite differences with
-   ``scipy.sparse`` on the same grid for Poisson (one sparse solve) and Allen–Cahn (Newton,
-   sparse solves), whose error is taken at the grid nodes (no interpolation). Relative L2 error
-   of the **final iterate** on the reference test set (300 points in 1-D, 300² in 2-D);
+1. **Accuracy on the paper's eleven PDEs** (:func:`bayeslr.datasets.list_pde_problems`): GP-HM with
+   the Student-t mixture (StM) and the Gaussian mixture (GM), Q = 30, the problem's F and λ_b
+   (except Allen–Cahn 2-D: twenty times it, ``BOUNDARY_WEIGHT``), solved by
+   :class:`bayeslr.models.GPSolver` with its default optimizer (a Gauss–Newton step on the whitened
+   grid values, then Adam on the kernel parameters and precisions, cosine learning rate from 3e-2)
+   for ``GP_STEPS`` steps (600 in 1-D on the paper's grid; in 2-D the paper's grid, 400² or 200²,
+   with 60 steps at 400², 100 for advection and 200 otherwise; the paper runs 1e5–1e6 Adam steps),
+   with the extra GP where the paper uses it and its change point leaves at least 100 steps to the
+   first stage (``extra_gp``: multi-scale yes, sin 500x no); a PINN (equinox tanh MLP, 3 × 100, Adam
+   1e-3, ``PINN_STEPS`` full-batch steps: 5000 in 1-D on the same grid, 2000 in 2-D on an 80² grid;
+   residual normalized by the source's RMS, boundary weight 100); and second-order finite
+   differences with ``scipy.sparse`` on the same grid for Poisson (one sparse solve) and Allen–Cahn
+   (Newton, sparse solves), whose error is taken at the grid nodes (no interpolation). Relative L2
+   error of the **final iterate** on the reference test set (300 points in 1-D, 300² in 2-D);
    nothing is selected on the test set (the reference code reports the minimum test error over
    checkpoints). The paper's table could not be read (``../shared/papers/gphm.md`` §3), so its
    column lists what is known.
@@ -77,15 +75,14 @@ from _common import (
 )
 
 GP_STEPS = {1: 600, 2: 200}
-# 2-D: the paper's grid (``problem.grid_size``) except Allen–Cahn, with fewer steps at 400²
-# (about 3.5 s per step there). Allen–Cahn 2-D runs with λ_b = 4000, twenty times the
+# 2-D: the paper's grid (``problem.grid_size``), with fewer steps at 400² (about 3.5 s per
+# step there). Allen–Cahn 2-D runs with λ_b = 4000, twenty times the
 # paper's: with learned precisions the boundary's share of the loss is about λ_b N_b / M =
 # 2dλ_b/N, which halves each time the grid doubles. With λ_b = 200 the fit runs to a solution
 # of the interior equation that misses the boundary data (StM, relative L2 5.9 on 200² in 200
 # steps, 5.2 on 400² in 30); 100² works (4e-2). Measured (StM): 200² with λ_b = 2000 (2dλ_b/N
 # = 40) 1.2e-2 in 200 steps; 400² with λ_b = 2000 3.2, with λ_b = 4000 (again 40) 2.7e-2, in
 # 60 steps.
-GRID_2D: dict[str, int] = {}  # a problem named here runs on this grid instead of the paper's
 BOUNDARY_WEIGHT = {"allencahn2d_multiscale": 4000.0}  # else the problem's λ_b (the paper's)
 STEPS_2D = {400: 60, 200: 200, 100: 200}  # by grid size, unless the problem is named here:
 STEPS_2D_BY_PROBLEM = {"advection": 100}
@@ -115,12 +112,12 @@ def extra_gp(problem, steps: int) -> float | None:
     return c if c is not None and c * steps >= MIN_FIRST_STAGE else None
 
 
-def run_gphm(problem, kernel: str, steps: int, grid: int | None) -> dict:
+def run_gphm(problem, kernel: str, steps: int, grid: int | None, boundary_weight: float) -> dict:
     solver = GPSolver(
         problem,
         grid=grid,
         kernel=kernel,
-        boundary_weight=BOUNDARY_WEIGHT.get(problem.name, problem.boundary_weight),
+        boundary_weight=boundary_weight,
         num_steps=steps,
         extra_gp_fraction=extra_gp(problem, steps),
         progress_bar=False,
@@ -285,14 +282,14 @@ def part_accuracy(names, quick: bool) -> dict:
     for name in names:
         problem = pde_problem(name)
         d = problem.dim
-        grid = None if d == 1 else GRID_2D.get(name, problem.grid_size)
+        grid = None if d == 1 else problem.grid_size
         steps = GP_STEPS[d] if d == 1 else STEPS_2D_BY_PROBLEM.get(name, STEPS_2D[grid])
         if quick:
             steps, grid = (300, grid) if d == 1 else (40, 40)
-        rec = {"grid": grid or problem.grid_size, "steps": steps,
-               "lambda_b": BOUNDARY_WEIGHT.get(name, problem.boundary_weight)}  # fmt: skip
+        lam = BOUNDARY_WEIGHT.get(name, problem.boundary_weight)
+        rec = {"grid": grid or problem.grid_size, "steps": steps, "lambda_b": lam}
         for kernel in ("stm",) if quick else ("stm", "gm"):
-            rec[kernel] = run_gphm(problem, kernel, steps, grid)
+            rec[kernel] = run_gphm(problem, kernel, steps, grid, lam)
             print(f"  {name:<24} GP-HM-{kernel}: {rec[kernel]['err']:.3e} "
                   f"({rec[kernel]['time']:.1f} s)", flush=True)  # fmt: skip
         if not quick or name == "poisson1d_sin100":
@@ -375,8 +372,8 @@ def main(argv=None) -> int:
             [(r["grid"], f"{r['n']:,}", fmt_s(r["t_first"]), r["steps"], fmt_s(r["t_total"]),
               fmt_s(r["per_step"])) for r in scale],
         )  # fmt: skip
-        hf = [n for n in acc if n != "poisson1d_multiscale" and "multiscale" not in n]
-        hf = [n for n in hf if "pinn" in acc[n]]  # --quick runs the PINN on one problem
+        # high-frequency problems with a PINN run (--quick runs the PINN on one problem)
+        hf = [n for n in acc if "multiscale" not in n and "pinn" in acc[n]]
         beat = [n for n in hf if acc[n]["stm"]["err"] < acc[n]["pinn"]["err"]]
         big = scale[-1] if scale else None
         targets = report_targets([
