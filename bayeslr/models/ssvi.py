@@ -59,6 +59,7 @@ CPU does not fall with the density.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -379,13 +380,9 @@ class SSVIPosterior(Posterior):
     def sample_weights(self, num_samples: int, rng_key=0) -> list[jax.Array]:
         """``num_samples`` draws of every layer's weights, ``(num_samples, *shape)``."""
         key = jax.random.PRNGKey(rng_key) if isinstance(rng_key, int) else rng_key
-        keys = jax.random.split(key, len(self.masks))
-        return [
-            (mu + sd * jax.random.normal(k, (num_samples, *mu.shape), jnp.float32)) * m
-            for k, mu, sd, m in zip(
-                keys, self.mean_weights, self.weight_sd, self.masks, strict=True
-            )
-        ]
+        mu = [jnp.asarray(w, jnp.float32) for w in self.mean_weights]
+        sd = [jnp.asarray(s, jnp.float32) for s in self.weight_sd]
+        return _draw_weights(key, mu, sd, [jnp.asarray(m) for m in self.masks], num_samples)
 
     # ---- prediction --------------------------------------------------------------------
     def _outputs(self, x, num_samples, rng_key, mean_weights):
@@ -396,10 +393,7 @@ class SSVIPosterior(Posterior):
             W = [jnp.asarray(w, jnp.float32) for w in self.mean_weights]
             return network_forward(self.layers, W, b, xs, image_shape=self.image_shape)[None]
         Ws = self.sample_weights(num_samples, rng_key)
-        fwd = jax.jit(
-            jax.vmap(lambda W: network_forward(self.layers, W, b, xs, image_shape=self.image_shape))
-        )
-        return fwd(Ws)
+        return _forward_draws(self.layers, self.image_shape, Ws, b, xs)
 
     def predict(  # type: ignore[override]
         self, x, num_samples: int = 50, rng_key=0, mean_weights: bool = False, **_: Any
@@ -535,6 +529,46 @@ def _check_labels(name: str, y, n_classes: int, n: int) -> np.ndarray:
 # the fit
 
 
+@functools.partial(jax.jit, static_argnames=("layers", "density", "init_sd"))
+def _init_weights(key, layers, density, init_sd):
+    """Initial variational parameters and random supports, compiled as one program (run
+    eagerly, every ``normal`` and ``permutation`` of a new shape compiled on its own: about a
+    second per fit). The random streams are the eager ones, so fits are unchanged."""
+    mu, rho, bias, masks = [], [], [], []
+    rho0 = float(np.log(np.expm1(init_sd)))
+    for layer in layers:
+        k1, k2, key = jax.random.split(key, 3)
+        size = math.prod(layer.shape)
+        dens = density if layer.sparse else 1.0
+        n_active = max(1, round(dens * size))
+        perm = jax.random.permutation(k1, size)
+        m = jnp.zeros(size, bool).at[perm[:n_active]].set(True).reshape(layer.shape)
+        fan_in = size // layer.shape[-1]
+        scale = math.sqrt(2.0 / max(1.0, dens * fan_in))  # He init on the active fan-in
+        mu.append(scale * jax.random.normal(k2, layer.shape, jnp.float32) * m)
+        rho.append(jnp.full(layer.shape, rho0, jnp.float32))
+        bias.append(jnp.zeros((layer.shape[-1],), jnp.float32))
+        masks.append(m)
+    return {"mu": mu, "rho": rho, "bias": bias}, masks
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples",))
+def _draw_weights(key, mu, sd, masks, num_samples):
+    """``(mu + sd * eps) * m`` per layer, ``num_samples`` draws, as one compiled program."""
+    keys = jax.random.split(key, len(masks))
+    return [
+        (w + s * jax.random.normal(k, (num_samples, *w.shape), jnp.float32)) * m
+        for k, w, s, m in zip(keys, mu, sd, masks, strict=True)
+    ]
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "image_shape"))
+def _forward_draws(layers, image_shape, Ws, b, xs):
+    """The network's outputs under each weight draw, ``(num_samples, n, out)``; compiled once
+    per architecture and shape (not once per :meth:`SSVIPosterior.predict` call)."""
+    return jax.vmap(lambda W: network_forward(layers, W, b, xs, image_shape=image_shape))(Ws)
+
+
 class TrainState(NamedTuple):
     params: dict
     masks: list
@@ -649,22 +683,7 @@ class SSVI:
 
     # ---- pieces -------------------------------------------------------------------------
     def _init(self, layers, key, log_noise):
-        mu, rho, bias, masks = [], [], [], []
-        rho0 = float(np.log(np.expm1(self.init_sd)))
-        for layer in layers:
-            k1, k2, key = jax.random.split(key, 3)
-            size = int(np.prod(layer.shape))
-            dens = self.density if layer.sparse else 1.0
-            n_active = max(1, round(dens * size))
-            perm = jax.random.permutation(k1, size)
-            m = jnp.zeros(size, bool).at[perm[:n_active]].set(True).reshape(layer.shape)
-            fan_in = size // layer.shape[-1]
-            scale = math.sqrt(2.0 / max(1.0, dens * fan_in))  # He init on the active fan-in
-            mu.append(scale * jax.random.normal(k2, layer.shape, jnp.float32) * m)
-            rho.append(jnp.full(layer.shape, rho0, jnp.float32))
-            bias.append(jnp.zeros((layer.shape[-1],), jnp.float32))
-            masks.append(m)
-        params = {"mu": mu, "rho": rho, "bias": bias}
+        params, masks = _init_weights(key, tuple(layers), self.density, self.init_sd)
         if log_noise is not None:
             params["log_noise"] = jnp.asarray(log_noise, jnp.float32)
         return params, masks

@@ -3,6 +3,7 @@ weight sampling, the sparsity invariants through training, dense VI at density 1
 baseline on real data, ArviZ output and bad input."""
 
 import functools
+import logging
 import warnings
 
 import jax
@@ -256,6 +257,18 @@ def test_predict_and_arviz():
     np.testing.assert_allclose(pred["probs"].sum(1), 1.0, rtol=1e-5)
     assert np.all(pred["entropy"] >= 0) and np.all(pred["entropy"] <= np.log(10) + 1e-6)
     assert np.mean(pred["label"] == yte) > 0.5
+    # a second call of the same shape reuses the compiled draws and forward pass
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            again = post.predict(xte, num_samples=10)
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    assert not [r for r in records if "ompil" in r.getMessage()], records
+    np.testing.assert_array_equal(again["probs"], pred["probs"])
     tree = post.to_arviz()
     w0 = tree.posterior["w_0"]
     assert w0.dims == ("chain", "draw", "active_0") and w0.shape[-1] == post.masks[0].sum()
