@@ -44,3 +44,21 @@ def rbf(x, lengthscale):
     import jax.numpy as jnp
 
     return jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / lengthscale**2)
+
+
+def compile_records(fn, *args, **kwargs):
+    """Call ``fn`` with JAX's compile logging on; return ``(result, messages)``, the log lines
+    of every XLA compilation the call triggered (empty when all of it was cached)."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            out = fn(*args, **kwargs)
+    finally:
+        logger.removeHandler(handler)
+    return out, [r.getMessage() for r in records if "compil" in r.getMessage().lower()]

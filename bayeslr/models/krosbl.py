@@ -137,6 +137,7 @@ machine", JMLR 2001.
 
 from __future__ import annotations
 
+import functools
 import string
 import warnings
 from collections.abc import Sequence
@@ -959,6 +960,23 @@ def krosbl_em(
         restarts=check_int("restarts", restarts, minimum=1),
         seed=int(seed),
     )
+
+    return _em_compiled(y, factors, noise, batched=batched, **opts)
+
+
+_EM_STATIC = ("batched", "method", "prune", "max_iter", "tol", "am_sweeps", "am_tol",
+              "power_iters", "support_z", "coupling", "restarts", "seed")  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=_EM_STATIC)
+def _em_compiled(y, factors, noise, *, batched, method, prune, max_iter, tol, am_sweeps,
+                 am_tol, power_iters, support_z, coupling, restarts, seed):  # fmt: skip
+    """:func:`krosbl_em` after validation, compiled once per shapes and options: run eagerly,
+    each call traced and compiled its ``lax.while_loop`` (new closures) and every operation
+    around it anew."""
+    opts = dict(method=method, prune=prune, max_iter=max_iter, tol=tol, am_sweeps=am_sweeps,
+                am_tol=am_tol, power_iters=power_iters, support_z=support_z, coupling=coupling,
+                restarts=restarts, seed=seed)  # fmt: skip
 
     def one(yv):
         return _em_single(yv, factors, noise, **opts)

@@ -128,6 +128,13 @@ def _scores(encoder, decoder, x, kind: str, latent_dim: int):
     return jax.vmap(decoder)(jax.vmap(encoder)(h)[:, :latent_dim])
 
 
+@eqx.filter_jit
+def _scores_compiled(encoder, decoder, x, kind: str, latent_dim: int):
+    """:func:`_scores`, compiled once per network structure and batch shape (``kind`` and
+    ``latent_dim`` are static)."""
+    return _scores(encoder, decoder, x, kind, latent_dim)
+
+
 def _in_batches(fn, X, batch_size: int = 2000) -> np.ndarray:
     """``fn`` on the rows of the CSR ``X``, densified ``batch_size`` rows at a time."""
     out = [np.asarray(fn(jnp.asarray(X[i : i + batch_size].toarray(), jnp.float32)))
@@ -326,7 +333,8 @@ class MultVAEPosterior(Posterior):
         if X.shape[0] == 0:
             return np.zeros((0, self.n_items), np.float32)
         kind, latent = self.kind, self.latent_dim
-        fn = jax.jit(lambda x: _scores(self.encoder, self.decoder, x, kind, latent))
+        fn = functools.partial(_scores_compiled, self.encoder, self.decoder, kind=kind,
+                               latent_dim=latent)  # fmt: skip
         return _in_batches(fn, X, batch_size)
 
     def recommend(self, user_items, k: int = 20) -> np.ndarray:

@@ -15,6 +15,7 @@ from bayeslr.models.krosbl import (
     krosbl_estep,
     krosbl_sample,
 )
+from tests.conftest import compile_records
 
 
 def _kron(mats):
@@ -151,7 +152,8 @@ def test_batched_fit_equals_per_y_and_jit(x64, rng):
     batch = krosbl_em(ys, a, method="am", noise=None)
     assert batch.mean.shape == (2, int(np.prod(ns)))
     for b in range(2):
-        one = krosbl_em(ys[b], a, method="am", noise=None)
+        one, compiled = compile_records(krosbl_em, ys[b], a, method="am", noise=None)
+        assert bool(compiled) == (b == 0), compiled  # the second frame reuses the compiled EM
         np.testing.assert_allclose(np.asarray(batch.mean[b]), np.asarray(one.mean), atol=1e-9)
         assert int(batch.n_iter[b]) == int(one.n_iter)
     fn = jax.jit(partial(krosbl_em, method="svd", noise=0.01))

@@ -20,6 +20,7 @@ from bayeslr.datasets import binarize, load_movielens_small, strong_generalizati
 from bayeslr.metrics import ndcg_at_k
 from bayeslr.models import multvae as mv
 from bayeslr.models.multvae import EASE, MultVAE, multinomial_log_likelihood, popularity_scores
+from tests.conftest import compile_records
 
 
 @functools.cache
@@ -81,6 +82,9 @@ def test_split_and_fold_in_exclusion():
     seen = s.test_in.toarray() > 0
     assert not np.any(np.take_along_axis(seen, rec, 1))
     scores = post.predict(s.test_in)
+    again, compiled = compile_records(post.predict, s.test_in)  # compiled once, not per call
+    assert not compiled, compiled
+    np.testing.assert_array_equal(again, scores)
     assert np.all(np.diff(np.take_along_axis(-scores, rec, 1), axis=1) >= -1e-6)
 
 

@@ -3,7 +3,6 @@ weight sampling, the sparsity invariants through training, dense VI at density 1
 baseline on real data, ArviZ output and bad input."""
 
 import functools
-import logging
 import warnings
 
 import jax
@@ -24,6 +23,7 @@ from bayeslr.models.ssvi import (
     support_update,
     training_flops,
 )
+from tests.conftest import compile_records
 
 
 @functools.cache
@@ -258,16 +258,8 @@ def test_predict_and_arviz():
     assert np.all(pred["entropy"] >= 0) and np.all(pred["entropy"] <= np.log(10) + 1e-6)
     assert np.mean(pred["label"] == yte) > 0.5
     # a second call of the same shape reuses the compiled draws and forward pass
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("jax").addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            again = post.predict(xte, num_samples=10)
-    finally:
-        logging.getLogger("jax").removeHandler(handler)
-    assert not [r for r in records if "ompil" in r.getMessage()], records
+    again, compiled = compile_records(post.predict, xte, num_samples=10)
+    assert not compiled, compiled
     np.testing.assert_array_equal(again["probs"], pred["probs"])
     tree = post.to_arviz()
     w0 = tree.posterior["w_0"]
