@@ -937,8 +937,10 @@ def krosbl_em(
     ``"svd"``/``"am"`` (plus :math:`O(N)` per power step or AM sweep), memory :math:`O(M + N +
     \text{max\_iter})`; ``"sbl"``: :math:`O(M^2N)` time and :math:`O(MN)` memory; a coupled
     factor adds an NNLS of size :math:`N_i` per AM block update (:math:`O(N_i^4)` worst case,
-    small next to the E-step for the usual :math:`N_i \lesssim 64`). Call under
-    ``jax.jit`` with the options bound (``functools.partial``): they are static.
+    small next to the E-step for the usual :math:`N_i \lesssim 64`). The EM runs compiled,
+    once per array shapes and options (the options are static), so repeated calls of one size
+    reuse it; it can also be called under ``jax.jit`` or ``jax.vmap`` with the options bound
+    (``functools.partial``).
     """
     _check_options(method, prune, max_iter, tol, am_sweeps, am_tol, power_iters, support_z)
     _check_coupling_method(coupling, method)
