@@ -608,13 +608,15 @@ def _kron_preconditioner(V, E, axes, operator, orders, base, w2):
 
 def _predictive_weights(params, family, axes, jitter) -> jax.Array:
     r""":math:`\alpha = (\otimes_j L_j^{-\top}) V`, the weights of the cross covariances in the
-    conditional mean (:math:`L_j` the Cholesky factor of the jittered :math:`K_j`); shape
+    conditional mean (:math:`L_j` the Cholesky factor of the jittered :math:`K_j`, as in
+    :func:`gphm_operators`, so the fit and the prediction share it); shape
     ``(M_1, ..., M_d)``, :math:`O(\sum_j M_j^3 + M\sum_j M_j)`."""
+    E, _ = gphm_operators(_kernels(params, family), axes, (), jitter)  # the fit's L_j
     alpha = params["V"]
-    for j, (k, x) in enumerate(zip(_kernels(params, family), axes, strict=True)):
-        L = jnp.linalg.cholesky(k(x, x) + jitter * k.variance * jnp.eye(x.shape[0], dtype=x.dtype))
-        alpha = mode_product(alpha, jax.scipy.linalg.solve_triangular(L.T, jnp.eye(
-            x.shape[0], dtype=x.dtype), lower=False), j)  # fmt: skip
+    for j, ej in enumerate(E):
+        L = ej[0]
+        eye = jnp.eye(L.shape[0], dtype=L.dtype)
+        alpha = mode_product(alpha, jax.scipy.linalg.solve_triangular(L.T, eye, lower=False), j)
     return alpha
 
 
