@@ -9,7 +9,7 @@ Fang et al., ICLR 2024 (``../shared/papers/gphm.md``). Three parts (float64, CPU
    :class:`bayeslr.models.GPSolver` with its default optimizer (a Gauss–Newton step on the whitened
    grid values, then Adam on the kernel parameters and precisions, cosine learning rate from 3e-2)
    for ``GP_STEPS`` steps (600 in 1-D on the paper's grid; in 2-D the paper's grid, 400² or 200²,
-   with 60 steps at 400², 100 for advection and 200 otherwise; the paper runs 1e5–1e6 Adam steps),
+   with 60 steps at 400² and 200 otherwise; the paper runs 1e5–1e6 Adam steps),
    with the extra GP where the paper uses it and its change point leaves at least 100 steps to the
    first stage (``extra_gp``: multi-scale yes, sin 500x no); a PINN (equinox tanh MLP, 3 × 100, Adam
    1e-3, ``PINN_STEPS`` full-batch steps: 5000 in 1-D on the same grid, 2000 in 2-D on an 80² grid;
@@ -86,8 +86,7 @@ GP_STEPS = {1: 600, 2: 200}
 # = 40) 1.2e-2 in 200 steps; 400² with λ_b = 2000 3.2, with λ_b = 4000 (again 40) 2.7e-2, in
 # 60 steps.
 BOUNDARY_WEIGHT = {"allencahn2d_multiscale": 4000.0}  # else the problem's λ_b (the paper's)
-STEPS_2D = {400: 60, 200: 200, 100: 200}  # by grid size, unless the problem is named here:
-STEPS_2D_BY_PROBLEM = {"advection": 100}
+STEPS_2D = {400: 60, 200: 200, 100: 200}  # by grid size
 PINN_STEPS = {1: 5000, 2: 2000}
 PINN_GRID_2D = 80
 SCALE_PROBLEM = "poisson2d_sin100"  # needs a fine grid: 100 periods per axis
@@ -293,7 +292,7 @@ def part_accuracy(names, quick: bool) -> dict:
         problem = pde_problem(name)
         d = problem.dim
         grid = None if d == 1 else problem.grid_size
-        steps = GP_STEPS[d] if d == 1 else STEPS_2D_BY_PROBLEM.get(name, STEPS_2D[grid])
+        steps = GP_STEPS[d] if d == 1 else STEPS_2D[grid]
         if quick:
             steps, grid = (300, grid) if d == 1 else (40, 40)
         lam = BOUNDARY_WEIGHT.get(name, problem.boundary_weight)
@@ -360,7 +359,9 @@ def main(argv=None) -> int:
             grid = "×".join(str(rec["grid"]) for _ in range(problem.dim))
             fd = rec.get("fd")
             rows.append((
-                name, problem.expression, grid, rec["steps"], f"{rec['lambda_b']:g}",
+                name, problem.expression, grid, rec["steps"],
+                "/".join(f"{f:g}" for f in np.atleast_1d(problem.freq_scale)),
+                f"{rec['lambda_b']:g}",
                 _e(rec, "stm"), _e(rec, "gm"),
                 _e(rec, "pinn"), "n/a" if fd is None else f"{fd['err']:.2e}",
                 PAPER.get(name, PAPER_DEFAULT),
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
                 "n/a" if fd is None else f"{fd['test_err']:.2e}",
             ))  # fmt: skip
         table = markdown_table(
-            ["problem", "u", "grid", "GP steps", "λ_b", "GP-HM-StM", "GP-HM-GM", "PINN",
+            ["problem", "u", "grid", "GP steps", "F", "λ_b", "GP-HM-StM", "GP-HM-GM", "PINN",
              "FD (grid)", "paper GP-HM"], rows)  # fmt: skip
         times = markdown_table(
             ["problem", "GP-HM-StM s", "GP-HM-GM s", "PINN s", "FD s", "FD at test points"],

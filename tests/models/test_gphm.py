@@ -328,7 +328,7 @@ def test_bad_pde_functions_fail_before_fitting(change, match):
         (lambda u, d, x: d[(2, 0)] + d[(0, 2)] + u * (u**2 - 1), ((2, 0), (0, 2))),
         (lambda u, d, x: 3.0 * d[(1, 0)] + d[(0, 1)], ((1, 0), (0, 1))),
     ],
-    ids=["allen-cahn (Kronecker preconditioner)", "advection (plain CG)"],
+    ids=["allen-cahn (Kronecker preconditioner)", "advection (CG probe)"],
 )
 def test_cg_gauss_newton_step_matches_the_dense_solve(x64, rng, operator, orders):
     from bayeslr.models.gphm import gauss_newton_step
@@ -344,6 +344,41 @@ def test_cg_gauss_newton_step_matches_the_dense_solve(x64, rng, operator, orders
     cg = jax.jit(lambda p: gauss_newton_step(p, *args[1:], **opts, dense_limit=0,
                                              cg_steps=400))(params)  # fmt: skip
     np.testing.assert_allclose(cg, dense, rtol=1e-6, atol=1e-6 * float(jnp.abs(dense).max()))
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["exact preconditioner", "harmful one"])
+def test_cg_probe_continues_the_better_of_preconditioned_and_plain_cg(x64, good):
+    """The odd-order preconditioner is exact on some grids and makes CG stall on others
+    (advection on 200²); ``_cg_probe`` must keep CG's progress in both cases. A well-conditioned
+    system: plain CG solves it in 30 iterations; CG preconditioned by a badly conditioned SPD
+    matrix does not, and with the exact inverse it solves it in one."""
+    from bayeslr.models.gphm import _cg_probe
+
+    rng = np.random.default_rng(3)
+    n = 60
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = jnp.asarray(Q @ np.diag(np.linspace(1.0, 4.0, n)) @ Q.T)
+    b = jnp.asarray(rng.standard_normal(n))
+    P = jnp.linalg.inv(A) if good else jnp.asarray(Q @ np.diag(np.logspace(-8, 0, n)) @ Q.T)
+
+    def matvec(z):
+        return A @ z
+
+    def precond(z):
+        return P @ z
+
+    def rel_res(x):
+        return float(jnp.linalg.norm(b - A @ x) / jnp.linalg.norm(b))
+
+    steps = 30
+    x = jax.jit(lambda bb: _cg_probe(matvec, bb, precond, steps))(b)
+    assert rel_res(x) < 1e-8
+    only_p = jax.scipy.sparse.linalg.cg(matvec, b, tol=1e-12, maxiter=steps, M=precond)[0]
+    if not good:  # the case the probe exists for
+        assert rel_res(only_p) > 1e-3
+    else:  # all iterations inside the probe: the better iterate is returned as it is
+        x3 = _cg_probe(matvec, b, precond, 3)
+        np.testing.assert_allclose(x3, jnp.linalg.solve(A, b), rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize(
