@@ -489,7 +489,7 @@ def gauss_newton_step(
             return z + vjp(jax.jvp(r, (v,), (z,))[1])[0]
 
         precond = _kron_preconditioner(V, E, axes, operator, orders, base, w2)
-        if precond is not None and any(r % 2 for idx in orders for r in idx):
+        if precond is not None and _has_odd_order(orders):
             delta = _cg_probe(matvec, grad, precond, cg_steps)
         else:
             delta, _ = jax.scipy.sparse.linalg.cg(
@@ -505,6 +505,12 @@ def gauss_newton_step(
     values = objective(alphas)
     best = alphas[jnp.argmin(jnp.where(jnp.isfinite(values), values, jnp.inf))]
     return (v - best * delta).reshape(shape)
+
+
+def _has_odd_order(orders: Sequence[MultiIndex]) -> bool:
+    """Whether the operator reads a derivative of odd order along some axis (advection): the
+    case where :func:`_kron_preconditioner` uses its full complex form and CG is probed."""
+    return any(r % 2 for idx in orders for r in idx)
 
 
 def _cg_probe(matvec, b, precond, maxiter: int, probe: int = CG_PROBE) -> jax.Array:
@@ -567,7 +573,7 @@ def _kron_preconditioner(V, E, axes, operator, orders, base, w2):
         if len(nz) != 1 or nz[0] in per_axis:
             return None
         per_axis[nz[0]] = idx
-    odd = any(idx[j] % 2 for j, idx in per_axis.items())
+    odd = _has_odd_order(orders)
     ctype = jnp.result_type(V.dtype, jnp.complex64) if odd else V.dtype
     zero = (0,) * d
     fields = _fields(V, E, orders, base)
