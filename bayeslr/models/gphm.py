@@ -650,10 +650,10 @@ def _predictive_weights(params, family, axes, jitter) -> jax.Array:
     ``(M_1, ..., M_d)``, :math:`O(\sum_j M_j^3 + M\sum_j M_j)`."""
     E, _ = gphm_operators(_kernels(params, family), axes, (), jitter)  # the fit's L_j
     alpha = params["V"]
-    for j, ej in enumerate(E):
-        L = ej[0]
-        eye = jnp.eye(L.shape[0], dtype=L.dtype)
-        alpha = mode_product(alpha, jax.scipy.linalg.solve_triangular(L.T, eye, lower=False), j)
+    for j, ej in enumerate(E):  # a triangular solve along axis j, no explicit L_j^-T
+        a = jnp.moveaxis(alpha, j, 0)
+        x = jax.scipy.linalg.solve_triangular(ej[0].T, a.reshape(a.shape[0], -1), lower=False)
+        alpha = jnp.moveaxis(x.reshape(a.shape), 0, j)
     return alpha
 
 
