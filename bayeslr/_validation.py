@@ -23,6 +23,7 @@ __all__ = [
     "check_square",
     "check_symmetric",
     "check_ndim",
+    "as_key",
 ]
 
 
@@ -156,3 +157,33 @@ def check_symmetric(name: str, x, *, rtol: float | None = None) -> None:
             f"`{name}` must be symmetric (SPD factor expected); got a {a.shape} matrix with "
             f"max |A - A^T| = {err:.3g} (relative {err / scale:.3g} > tolerance {rtol:.1g})."
         )
+
+
+def as_key(seed, name: str = "seed"):
+    """An int seed or an existing key -> a raw ``jax.random.PRNGKey`` (``uint32[2]``).
+
+    The one place bayeslr turns a user's ``seed=``/``rng_key=`` into a key: ``None`` is seed 0,
+    an int (``bool`` excluded) is a seed, a typed key (``jax.random.key``) is unwrapped and a
+    raw key passes through.
+
+    Raises:
+        ArgumentTypeError: anything else, naming ``name``.
+    """
+    import jax.numpy as jnp
+
+    if seed is None:
+        return jax.random.PRNGKey(0)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"`{name}` must be a non-negative int seed or a key; got {seed!r}.")
+        return jax.random.PRNGKey(int(seed))
+    if isinstance(seed, jax.Array) and jax.dtypes.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(seed)
+    if isinstance(seed, (jax.Array, np.ndarray)) and np.shape(seed) == (2,) and np.issubdtype(
+        np.asarray(seed).dtype, np.integer
+    ):
+        return jnp.asarray(seed, dtype=jnp.uint32)
+    raise ArgumentTypeError(
+        f"`{name}` must be an int seed or a jax.random key; got {type(seed).__name__} with "
+        f"shape {np.shape(seed)}."
+    )

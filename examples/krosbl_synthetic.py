@@ -35,8 +35,8 @@ print("unknowns", prob.x.size, "| measurements", prob.y.size, "| non-zeros",
 # ## Fit by EM (SVD-KroSBL)
 
 # %%
-post = KroneckerSBL(method="svd", num_draws=200).fit(prob.y, prob.factors)
-mean, support = np.asarray(post.extra["mean"]), np.asarray(post.extra["support"])
+post = KroneckerSBL(method="svd", num_samples=200).fit(prob.y, prob.factors)
+mean, support = post.mean, post.support  # exact posterior mean of x and the support estimate
 print(f"NMSE {nmse(mean, np.asarray(prob.x)):.2e}, support recovery "
       f"{support_recovery_rate(support, np.asarray(prob.support)):.2f}, "
       f"{int(post.extra['n_iter'])} EM iterations")  # fmt: skip

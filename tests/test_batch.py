@@ -37,7 +37,7 @@ m = [4, 5]
 k = 2
 snr_db = 30.0
 [model]
-num_draws = 10
+num_samples = 10
 [sweep]
 "job.seed" = [0, 1]
 """

@@ -9,9 +9,12 @@
   the Kalman filter in :math:`O(n)`; ``sample`` simulates the SDE; ``predict`` gives the
   posterior of :math:`f` at any times. Use it for long time series and as the per-mode prior of
   continuous-indexed tensor models.
+* :class:`CircularComplexNormal` — :math:`\\mathcal{CN}(\\mu, \\sigma^2)` per element, the
+  likelihood of complex measurements with circular noise (channel estimation).
 """
 
+from bayeslr.distributions.complex_normal import CircularComplexNormal
 from bayeslr.distributions.gauss_markov import GaussMarkovGP
 from bayeslr.distributions.kronecker import KroneckerNormal
 
-__all__ = ["KroneckerNormal", "GaussMarkovGP"]
+__all__ = ["KroneckerNormal", "GaussMarkovGP", "CircularComplexNormal"]

@@ -29,6 +29,8 @@ import numpy as np
 from numpyro.handlers import seed, trace
 from numpyro.primitives import Messenger
 
+from bayeslr._validation import as_key
+
 __all__ = ["Posterior", "inspect_model"]
 
 #: ArviZ's names for the per-draw statistics of an MCMC sampler (``sample_stats`` group)
@@ -354,6 +356,11 @@ class Posterior:
             return pred
         return {k: _flatten(v) for k, v in pred.items()}
 
+    def _training_predictive(self, rng_key, sites: list[str]) -> dict:
+        """Posterior predictive draws ``(chain, draw, ...)`` of ``sites`` at the fit inputs."""
+        return self.predict(*self.args, rng_key=rng_key, return_sites=sites,
+                            group_by_chain=True, **self.kwargs)  # fmt: skip
+
     def log_likelihood(self) -> dict[str, jax.Array]:
         r"""Pointwise :math:`\log p(y_i \mid \theta^{(c,s)})` per observed site at the fit data,
         shaped ``(chain, draw, *obs_shape)`` (``numpyro.infer.log_likelihood``)."""
@@ -410,14 +417,9 @@ class Posterior:
             data["sample_stats"] = _to_numpy_tree(self.sample_stats)
         observed = self.observed
         if self.model is not None and observed and posterior_predictive:
-            pred = self.predict(
-                *self.args,
-                rng_key=rng_key,
-                return_sites=list(observed),
-                group_by_chain=True,
-                **self.kwargs,
+            data["posterior_predictive"] = _to_numpy_tree(
+                self._training_predictive(rng_key, list(observed))
             )
-            data["posterior_predictive"] = _to_numpy_tree(pred)
         if observed and log_likelihood and self._has_log_likelihood():
             data["log_likelihood"] = _to_numpy_tree(self.log_likelihood())
         if observed:
@@ -468,19 +470,7 @@ def _flatten(v):
 
 
 def _as_key(rng_key, name: str = "rng_key") -> jax.Array:
-    """An int seed or an existing key → a raw ``jax.random.PRNGKey``."""
-    if rng_key is None:
-        return jax.random.PRNGKey(0)
-    if isinstance(rng_key, (int, np.integer)) and not isinstance(rng_key, bool):
-        return jax.random.PRNGKey(int(rng_key))
-    if isinstance(rng_key, jax.Array) and jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(rng_key)
-    if isinstance(rng_key, (jax.Array, np.ndarray)) and np.shape(rng_key) == (2,):
-        return jax.numpy.asarray(rng_key, dtype=jax.numpy.uint32)
-    raise TypeError(
-        f"`{name}` must be an int seed or a jax.random key; got {type(rng_key).__name__} "
-        f"with shape {np.shape(rng_key)}."
-    )
+    return as_key(rng_key, name)
 
 
 def _key_repr(rng_key):

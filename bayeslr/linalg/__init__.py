@@ -12,6 +12,9 @@ Use this layer when a covariance has structure that dense algebra throws away:
   linear-Gaussian state-space model: Kalman filter, RTS smoother and log marginal likelihood in
   :math:`O(n d^3)`, sequential (``lax.scan``) or parallel (``lax.associative_scan``) by a static
   ``parallel`` flag; per-time noise, missing observations and vector observations.
+* :mod:`bayeslr.linalg.psd` — one jitter rule (:func:`default_jitter`, :math:`\sqrt{\epsilon}` of
+  the dtype) and one guarded Cholesky (:func:`psd_cholesky`) for every positive definite matrix.
+* :mod:`bayeslr.linalg.nnls` — jittable non-negative least squares (Lawson–Hanson).
 * :mod:`bayeslr.linalg.operators` — the operator protocol (``matvec``, ``solve``, ``logdet``,
   ``diag``, ``sqrt_matvec``/``sample``, ``to_dense``) with dense, Kronecker,
   Kronecker-plus-diagonal and state-space (Gauss–Markov GP) implementations. Models hold an
@@ -47,6 +50,7 @@ from bayeslr.linalg.kron import (
     kron_sqrt_factors,
     mode_product,
 )
+from bayeslr.linalg.nnls import nnls
 from bayeslr.linalg.operators import (
     DenseOperator,
     KroneckerOperator,
@@ -55,6 +59,7 @@ from bayeslr.linalg.operators import (
     StateSpaceOperator,
     StaticMask,
 )
+from bayeslr.linalg.psd import default_jitter, psd_cholesky, symmetrize
 from bayeslr.linalg.statespace import (
     FilterResult,
     PosteriorMarginals,
@@ -100,4 +105,8 @@ __all__ = [
     "PosteriorMarginals",
     "kalman_filter",
     "rts_smoother",
+    "default_jitter",
+    "psd_cholesky",
+    "symmetrize",
+    "nnls",
 ]

@@ -186,7 +186,7 @@ def test_bad_settings_are_named():
     p = problem()
     with pytest.raises(ValueError, match="`num_steps`"):
         loop.run(init, step, p, KEY, 0, progress=False)
-    with pytest.raises(ValueError, match="Tolerance.field"):
+    with pytest.raises(ValueError, match=r"Tolerance\.field"):
         loop.run(init, step, p, KEY, 5, stop=loop.Tolerance("nope", 1e-3), progress=False)
     with pytest.raises(ValueError, match="progress_fields"):
         loop.run(init, step, p, KEY, 5, progress_fields=("nope",), progress=False)

@@ -10,11 +10,12 @@ import pytest
 from bayeslr.infer.posterior import Posterior
 from bayeslr.models.krosbl import (
     KroneckerSBL,
-    _dense_estep,
     krosbl_em,
     krosbl_estep,
+    krosbl_model,
     krosbl_sample,
 )
+from bayeslr.models.krosbl.algo import _dense_estep
 from tests.conftest import compile_records
 
 
@@ -166,11 +167,16 @@ def test_estimator_posterior_and_matheron_draws(x64, rng):
     ns, ms = (4, 3), (3, 3)
     a = _dict(rng, ms, ns)
     y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.2 * rng.standard_normal(9)
-    post = KroneckerSBL(method="svd", noise=0.04, num_draws=20).fit(y, a)
-    assert isinstance(post, Posterior)
+    post = KroneckerSBL(method="svd", noise=0.04, num_samples=20).fit(y, a)
+    assert isinstance(post, Posterior) and post.model is krosbl_model
     tree = post.to_arviz()
     assert tree.posterior["x"].dims == ("chain", "draw", "coef")
+    assert tree.posterior["z"].dims == ("chain", "draw", "coef_0", "coef_1")
     assert "obs" in tree.observed_data["y"].dims
+    assert tree.log_likelihood["y"].dims == ("chain", "draw", "obs")
+    # the draws of x are exact posterior draws given the fitted gamma: their mean is the mean
+    np.testing.assert_allclose(post.samples["x"][0].mean(0), post.mean,
+                               atol=6 * np.sqrt(post.var.max() / 20))  # fmt: skip
     ex = post.extra
     assert len(ex["gamma_change"]) == int(ex["n_iter"])
     # Matheron draws have the Gaussian posterior's moments (fitted gamma, many draws)
@@ -184,8 +190,10 @@ def test_estimator_posterior_and_matheron_draws(x64, rng):
         dense_draws.var(0), var, atol=6 * var.max() * np.sqrt(2 / 4000) + 1e-12
     )
     # batched estimator: frame × coef
-    post_b = KroneckerSBL(method="am", noise=0.04, num_draws=5).fit(np.stack([y, -y]), a)
+    post_b = KroneckerSBL(method="am", noise=0.04, num_samples=5).fit(np.stack([y, -y]), a)
     assert post_b.samples["x"].shape == (1, 5, 2, 12)
+    assert post_b.samples["z"].shape == (1, 5, 2, 4, 3)
+    assert post_b.predict()["y"].shape == (5, 2, 9)
     assert post_b.to_arviz().posterior["x"].dims == ("chain", "draw", "frame", "coef")
 
 
@@ -328,7 +336,7 @@ def test_coupled_estimator_and_batch(x64, rng):
     a = _dict(rng, ms, ns)
     ys = np.stack([_kron(a) @ _sparse_kron_x(rng, ns, 2) for _ in range(2)])
     ys = ys + 0.05 * rng.standard_normal(ys.shape)
-    est = KroneckerSBL(method="am", noise=0.0025, coupling=(0.8, None), num_draws=3)
+    est = KroneckerSBL(method="am", noise=0.0025, coupling=(0.8, None), num_samples=3)
     post = est.fit(ys, a)
     assert post.method == "krosbl-pc-am"
     one = krosbl_em(ys[1], a, method="am", noise=0.0025, coupling=(0.8, None))
@@ -419,8 +427,16 @@ def test_krosbl_model_bad_inputs():
         krosbl_model(y, factors, hyperprior="gamma")
     with pytest.raises(ValueError, match="`log_scale`"):
         krosbl_model(y, factors, log_scale=0.0)
-    with pytest.raises(ValueError, match="1-D here"):
-        krosbl_model(np.ones((2, 12)), factors, noise=0.1)
+    # frames: every site gets a leading frame axis
+    from numpyro.handlers import seed, trace
+
+    tr = trace(seed(krosbl_model, 0)).get_trace(np.ones((2, 12)), factors, noise=0.1)
+    assert tr["z"]["value"].shape == (2, 4, 5) and tr["u_0"]["value"].shape == (2, 3)
+    assert tr["y"]["fn"].batch_shape == (2, 12)
+    with pytest.raises(ValueError, match="`gammas\\[1\\]` must have shape"):
+        krosbl_model(y, factors, gammas=(np.ones(4), np.ones(4)), noise=0.1)
+    with pytest.raises(ValueError, match="needs fixed `gammas`"):
+        krosbl_model(None, factors)
     with pytest.raises(ValueError, match="`y` must have shape"):
         krosbl_model(np.ones(7), factors)
 
@@ -474,10 +490,10 @@ def test_fit_warns_when_em_hits_max_iter(x64, rng):
     a = _dict(rng, ms, ns)
     y = _kron(a) @ _sparse_kron_x(rng, ns, 2) + 0.05 * rng.standard_normal(25)
     with pytest.warns(RuntimeWarning, match="max_iter=2"):
-        post = KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_draws=0).fit(y, a)
+        post = KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_samples=1).fit(y, a)
     assert not post.extra["converged"]
     with pytest.warns(RuntimeWarning, match="for 2 of 2 frames"):
-        KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_draws=0).fit(np.stack([y, y]), a)
+        KroneckerSBL(method="am", noise=0.0025, max_iter=2, num_samples=1).fit(np.stack([y, y]), a)
 
 
 @pytest.mark.parametrize("method", ["svd", "am"])
