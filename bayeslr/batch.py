@@ -290,7 +290,7 @@ def _funbat_run(job: Job):
     train, test = ds.split_entries(df, float(job.data.get("test_frac", 0.2)), seed=job.seed)
     post = _construct("funbat", MODELS["funbat"], job.data, job.model_kwargs).fit(
         train, coords, value)
-    pred = np.asarray(post.predict(test)["mean"])
+    pred = np.asarray(post.moments(test)["mean"])
     err = pred - test[value].to_numpy()
     metrics = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
     figs = {"predicted_vs_true": lambda ax: _scatter(ax, test[value].to_numpy(), pred, None)}

@@ -21,7 +21,7 @@ Fang et al., ICLR 2024 (``../shared/papers/funbat.md`` §4, §6). Three parts (f
    (500 / 500 / 1000 unique random coordinates per mode, a smooth rank-3 truth plus noise),
    FunBaT (Tucker, R = 3) at N = 1e4, 1e5, 1e6 with a fixed number of epochs: the wall time of
    ``FunBaT.fit`` (data preparation, compilation, epochs) and the seconds per epoch of the
-   compiled epoch (:func:`bayeslr.models.funbat.funbat_epoch`, compile excluded).
+   compiled epoch (:func:`bayeslr.models.funbat.funbat_step`, compile excluded).
 
 Hyperparameters of FunBaT are **fixed** (not tuned, nothing looks at the test entries): the
 library defaults (Matérn-3/2, variance 1, lengthscale 0.1 on coordinates scaled to [0, 1],
@@ -55,7 +55,6 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -69,7 +68,7 @@ from bayeslr.datasets import (
 )
 from bayeslr.gp import Matern32
 from bayeslr.models import FunBaT
-from bayeslr.models.funbat import funbat_data, funbat_epoch, funbat_init
+from bayeslr.models.funbat import funbat_init, funbat_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` beside this script
 from _common import (
@@ -135,11 +134,11 @@ def _errors(pred, y):
 
 
 def run_funbat(tr, te, coords, *, cp, rank=RANK, kernel=None, epochs=EPOCHS):
-    model = FunBaT(rank, kernel, cp=cp, epochs=epochs, progress_bar=False, num_draws=0)
+    model = FunBaT(rank, kernel, cp=cp, epochs=epochs, progress_bar=False, num_samples=1)
     t0 = time.perf_counter()
     post = model.fit(tr, coords=coords, value="value")
     t_fit = time.perf_counter() - t0
-    pred = post.predict(te)["mean"].to_numpy()
+    pred = post.moments(te)["mean"].to_numpy()
     if not np.all(np.isfinite(pred)):
         print(f"  WARNING: FunBaT (cp={cp}) predicted {np.sum(~np.isfinite(pred))} NaN/inf")
     return pred, t_fit
@@ -329,22 +328,16 @@ def part_scale(ns, epochs):
     for n in ns:
         df = scale_tensor(n)
         coords = ["x1", "x2", "x3"]
-        model = FunBaT(RANK, epochs=epochs, progress_bar=False, num_draws=0, restarts=1)
+        model = FunBaT(RANK, epochs=epochs, progress_bar=False, num_samples=1, restarts=1)
         t0 = time.perf_counter()
         post = model.fit(df, coords=coords, value="value")
         t_fit = time.perf_counter() - t0
         # per-epoch time of the compiled epoch (compile excluded)
-        x = df[coords].to_numpy()
-        x = (x - x.min(0)) / (x.max(0) - x.min(0))
-        y = df["value"].to_numpy()
-        data = funbat_data(x, (y - y.mean()) / y.std())
-        idx, yj = jnp.asarray(data.idx), jnp.asarray(data.y)
-        ticks = tuple(jnp.asarray(t) for t in data.ticks)
-        kernels = (model.kernel,) * 3
-        state = funbat_init(jax.random.key(0), data, RANK, cp=False)
+        problem = model.prepare(df, coords, "value").problem
+        state = funbat_init(jax.random.key(0), problem)
 
-        def epoch(st, idx=idx, yj=yj, ticks=ticks, kernels=kernels, damping=model.damping):
-            return funbat_epoch(st, idx, yj, ticks, kernels, cp=False, damping=damping)
+        def epoch(st, problem=problem):
+            return funbat_step(None, st, problem)
 
         t0 = time.perf_counter()
         compiled = jax.jit(epoch).lower(state).compile()
@@ -360,7 +353,7 @@ def part_scale(ns, epochs):
             "t_epoch": float(np.median(times)),
             "t_compile": t_compile,
             "train_rmse": float(post.extra["train_rmse"][-1]),
-            "m": tuple(len(t) for t in data.ticks),
+            "m": tuple(len(t) for t in problem.ticks),
         }
         out.append(rec)
         print(

@@ -18,7 +18,7 @@ from bayeslr.datasets import (
 )
 from bayeslr.gp import Matern12, Matern32
 from bayeslr.models import FunBaT
-from bayeslr.models.funbat import _entry_moments, _mode_messages, _predict_entries
+from bayeslr.models.funbat.algo import _entry_moments, _mode_messages, _predict_entries
 
 FAST = dict(damping_u=0.3, damping_core=0.5, damping_noise=0.8, progress_bar=False, restarts=1)
 
@@ -117,7 +117,7 @@ def test_each_mode_posterior_is_the_dense_gp_posterior_given_its_messages(synthe
     s = post.state
     for k in range(2):
         want_m, want_c = _dense_mode_posterior(
-            kernel, post.ticks[k], np.asarray(s.lam[k]), np.asarray(s.eta[k])
+            kernel, post.context['ticks'][k], np.asarray(s.lam[k]), np.asarray(s.eta[k])
         )
         np.testing.assert_allclose(np.asarray(s.mu[k]), want_m, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(np.asarray(s.cov[k]), want_c, rtol=1e-6, atol=1e-8)
@@ -125,7 +125,7 @@ def test_each_mode_posterior_is_the_dense_gp_posterior_given_its_messages(synthe
 
 def test_synthetic_recovery_and_predictive_variance(synthetic_fit):
     post, _, test, _ = synthetic_fit
-    pred = post.predict(test)
+    pred = post.moments(test)
     err = pred["mean"].to_numpy() - test["value"].to_numpy()
     scale = test["value"].std()
     assert np.sqrt(np.mean(err**2)) < 0.05 * scale, np.sqrt(np.mean(err**2))
@@ -147,10 +147,10 @@ def test_prediction_before_and_after_the_data_reverts_to_the_prior(synthetic_fit
     far = post.latent("y", [-50.0, 50.0])
     np.testing.assert_allclose(far["mean"], 0.0, atol=1e-8)
     np.testing.assert_allclose(far["sd"], np.sqrt(0.5), rtol=1e-6)
-    lo, hi = post.ticks[1][0], post.ticks[1][-1]
+    lo, hi = post.context['ticks'][1][0], post.context['ticks'][1][-1]
     near = post.latent("y", [lo - 0.01, hi + 0.01])
     assert np.all(near["sd"] > 0) and np.all(near["sd"] < np.sqrt(0.5))
-    pred = post.predict(np.array([[0.5, -0.2], [0.5, 1.3]]))
+    pred = post.moments(np.array([[0.5, -0.2], [0.5, 1.3]]))
     assert np.all(pred["variance"] > 0)
 
 
@@ -160,11 +160,11 @@ def test_unseen_coordinates_beat_the_nearest_training_tick(x64):
     post = FunBaT(
         rank=1, cp=True, kernel=Matern32(variance=0.5, lengthscale=0.1), epochs=40, **FAST
     ).fit(train, ["x", "y"], "value")
-    pred = post.predict(test)["mean"].to_numpy()
+    pred = post.moments(test)["mean"].to_numpy()
     ticks = np.unique(train["x"].to_numpy())
     nearest = ticks[np.abs(test["x"].to_numpy()[:, None] - ticks[None]).argmin(axis=1)]
     snapped = test.assign(x=nearest)
-    base = post.predict(snapped)["mean"].to_numpy()
+    base = post.moments(snapped)["mean"].to_numpy()
     truth = test["value"].to_numpy()
     rmse, rmse_base = (np.sqrt(np.mean((p - truth) ** 2)) for p in (pred, base))
     assert rmse < 0.5 * rmse_base, (rmse, rmse_base)
@@ -177,11 +177,11 @@ def test_tucker_rank2_three_modes_float32_and_arviz():
     val = np.sin(3 * g[0]) * np.cos(2 * g[1]) + 0.5 * g[2] * np.sin(4 * g[0])
     df = pd.DataFrame({"a": g[0].ravel(), "b": g[1].ravel(), "c": g[2].ravel(), "v": val.ravel()})
     train, test = split_entries(df, 0.2, seed=1)
-    post = FunBaT(rank=2, kernel=Matern32(1.0, 0.3), epochs=30, num_draws=100, **FAST).fit(
+    post = FunBaT(rank=2, kernel=Matern32(1.0, 0.3), epochs=30, num_samples=100, **FAST).fit(
         train, ["a", "b", "c"], "v"
     )
     assert post.state.mu[0].dtype == jnp.float32
-    pred = post.predict(test)
+    pred = post.moments(test)
     err = pred["mean"].to_numpy() - test["v"].to_numpy()
     assert np.all(np.isfinite(pred.to_numpy()))
     assert np.sqrt(np.mean(err**2)) < 0.2 * test["v"].std()
@@ -194,16 +194,27 @@ def test_tucker_rank2_three_modes_float32_and_arviz():
         np.searchsorted(t, train[c].to_numpy(np.float64)) for t, c in zip(ticks, "abc", strict=True)
     ]
     f = np.einsum(
-        "abc,na,nb,nc->n", d0["W"], *(d0[f"u_{c}"][p] for c, p in zip("abc", pos, strict=True))
+        "abc,na,nb,nc->n", d0["W"], *(d0[f"u_{k}"].T[p] for k, p in enumerate(pos))
     )
-    f = f * post.y_sd + post.y_mean
-    sd = post.y_sd / np.sqrt(d0["tau"])
+    y_mean, y_sd = post.context["y_mean"], post.context["y_sd"]
+    f = f * y_sd + y_mean
+    sd = y_sd / np.sqrt(d0["tau"])
     want = scipy.stats.norm.logpdf(train["v"].to_numpy(), f, sd)
-    got = dt["log_likelihood"]["v"].values[0, 0]
+    got = dt["log_likelihood"]["y"].values[0, 0]
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
     assert np.isfinite(az.loo(dt).elpd)
     assert dt["posterior"]["W"].shape == (1, 100, 2, 2, 2)
-    assert dt["posterior"]["u_a"].dims == ("chain", "draw", "a", "rank")
+    assert dt["posterior"]["u_0"].dims == ("chain", "draw", "rank_0", "a")
+    assert dt["log_likelihood"]["y"].dims == ("chain", "draw", "entry")
+    # posterior predictive draws at unseen coordinates: their mean is the closed-form mean
+    draws = post.predict(test)["y"]
+    assert draws.shape == (100, len(test))
+    sd_mean = np.sqrt(pred["variance"].to_numpy() / 100)
+    assert np.mean(np.abs(draws.mean(0) - pred["mean"].to_numpy()) < 4 * sd_mean) > 0.95
+    # held-out lpd: better than a normal with the training mean and sd
+    lpd = post.score(test)
+    naive = scipy.stats.norm.logpdf(test["v"], train["v"].mean(), train["v"].std()).sum()
+    assert np.isfinite(lpd) and lpd > naive
     np.testing.assert_allclose(dt["posterior"]["a"].values, np.unique(train["a"]), rtol=1e-6)
 
 
@@ -251,7 +262,7 @@ def test_kernel_per_mode_and_duplicates_kept():
     df = pd.concat([_frame(), _frame().iloc[:1]])  # a repeated entry stays an observation
     post = FunBaT(rank=1, kernel=[Matern12(1.0, 0.5), Matern32(1.0, 0.5)], epochs=2,
                   progress_bar=False).fit(df, ["t", "s"], "v")  # fmt: skip
-    assert post.observed["v"].shape == (5,)
+    assert post.observed["y"].shape == (5,)
     with pytest.raises(ValueError, match="one per mode"):
         FunBaT(rank=1, kernel=[Matern12(1.0, 0.5)], progress_bar=False).fit(df, ["t", "s"], "v")
     with pytest.raises(TypeError, match="state-space"):
@@ -280,7 +291,7 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
     ep = FunBaT(rank=1, cp=True, kernel=kernel, epochs=150, scale=None, standardize=False,
                 damping_u=0.3, damping_core=0.5, damping_noise=0.5, progress_bar=False)  # fmt: skip
     post = ep.fit(df, ["a", "b"], "v")
-    pred = post.predict(df)
+    pred = post.moments(df)
     d = funbat_data(df[["a", "b"]].to_numpy(), df["v"].to_numpy())
     nuts = fit(funbat_model, d.idx, d.ticks, d.y, model_kwargs=dict(rank=1, cp=True, kernel=kernel),
                method="nuts", num_warmup=300, num_samples=300, num_chains=1, progress_bar=False,
@@ -306,7 +317,7 @@ def test_parallel_smoothers_give_the_same_fit(x64):
     par = FunBaT(parallel=True, **kw).fit(df, ["x", "y"], "value")
     new = pd.DataFrame({"x": [-0.1, 0.37, 1.2], "y": [0.5, 0.01, 0.9]})
     np.testing.assert_allclose(
-        par.predict(new).to_numpy(), seq.predict(new).to_numpy(), rtol=1e-7, atol=1e-9
+        par.moments(new).to_numpy(), seq.moments(new).to_numpy(), rtol=1e-7, atol=1e-9
     )
     np.testing.assert_allclose(par.extra["train_rmse"], seq.extra["train_rmse"], rtol=1e-7)
 
