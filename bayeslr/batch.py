@@ -139,8 +139,8 @@ def _ssvi_run(job: Job):
     kw = dict(job.model_kwargs)
     if d.task == "regression":
         kw.setdefault("task", "regression")
-    post = SSVI(**kw).fit(d.x_train, d.y_train, validation=(d.x_test, d.y_test))
-    pred = post.predict(d.x_test)
+    post = SSVI(**kw).fit(d.x_train, d.y_train)
+    pred = post.predict_summary(d.x_test)
     figs = {}
     if d.task == "classification":
         p = pred["probs"]

@@ -65,7 +65,7 @@ MC_SAMPLES = 20
 
 
 def evaluate(post, data) -> dict:
-    p = post.predict(data.x_test, num_samples=MC_SAMPLES)["probs"]
+    p = post.predict_proba(data.x_test, num_samples=MC_SAMPLES)
     y = data.y_test
     return {
         "acc": accuracy(p, y),

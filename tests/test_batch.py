@@ -24,7 +24,7 @@ density = 0.5
 hidden = [8]
 epochs = 3
 batch_size = 16
-num_draws = 10
+num_samples = 10
 """
 KROSBL = """
 [job]

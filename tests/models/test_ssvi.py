@@ -18,11 +18,14 @@ from bayeslr.models.ssvi import (
     Layer,
     bnn_model,
     build_layers,
+    gaussian_kl,
     network_forward,
     removal_scores,
+    ssvi_objective,
     support_update,
     training_flops,
 )
+from bayeslr.models.ssvi.algo import _init_weights
 from tests.conftest import compile_records
 
 
@@ -34,10 +37,10 @@ def digits():
 
 @functools.cache
 def small_fit(density=0.1, mask_update="ssvi", epochs=15, seed=0):
-    xtr, xte, ytr, yte = digits()
+    xtr, _, ytr, _ = digits()
     solver = SSVI(density, hidden=(32,), epochs=epochs, update_every=5, mask_update=mask_update,
-                  num_draws=100, seed=seed, progress_bar=False)  # fmt: skip
-    return solver, solver.fit(xtr, ytr, validation=(xte, yte))
+                  num_samples=100, seed=seed, progress_bar=False)  # fmt: skip
+    return solver, solver.fit(xtr, ytr)
 
 
 # ---- scores --------------------------------------------------------------------------------
@@ -160,9 +163,8 @@ def test_training_flops_hand_computed():
 def test_kl_is_the_masked_gaussian_kl():
     import numpyro.distributions as dist
 
-    solver = SSVI(0.5, prior_scale=0.3)
     layers = build_layers(6, 3, hidden=(4,))
-    params, masks = solver._init(layers, jax.random.PRNGKey(0), None)
+    params, masks = _init_weights(jax.random.PRNGKey(0), layers, 0.5, 1e-3)
     params["rho"] = [r + 0.3 * jax.random.normal(jax.random.PRNGKey(i), r.shape)
                      for i, r in enumerate(params["rho"])]  # fmt: skip
     full = [jnp.ones_like(m) for m in masks]
@@ -170,13 +172,13 @@ def test_kl_is_the_masked_gaussian_kl():
         dist.kl_divergence(dist.Normal(mu, jax.nn.softplus(rho)), dist.Normal(0.0, 0.3)).sum()
         for mu, rho in zip(params["mu"], params["rho"], strict=True)
     )
-    np.testing.assert_allclose(solver._kl(params, full), ref, rtol=1e-5)
+    np.testing.assert_allclose(gaussian_kl(params, full, 0.3), ref, rtol=1e-5)
     ref_sparse = sum(
         jnp.where(m, dist.kl_divergence(dist.Normal(mu, jax.nn.softplus(rho)),
                                         dist.Normal(0.0, 0.3)), 0.0).sum()
         for mu, rho, m in zip(params["mu"], params["rho"], masks, strict=True)
     )  # fmt: skip
-    np.testing.assert_allclose(solver._kl(params, masks), ref_sparse, rtol=1e-5)
+    np.testing.assert_allclose(gaussian_kl(params, masks, 0.3), ref_sparse, rtol=1e-5)
     assert ref_sparse < ref
 
 
@@ -195,12 +197,11 @@ def test_density_one_is_dense_mean_field_vi():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 4)).astype(np.float32)
     y = rng.integers(0, 3, 6).astype(np.int32)
-    solver = SSVI(1.0, hidden=(5,), init_sd=0.3)
     layers = build_layers(4, 3, hidden=(5,))
-    params, masks = solver._init(layers, jax.random.PRNGKey(1), None)
+    params, masks = _init_weights(jax.random.PRNGKey(1), layers, 1.0, 0.3)
     params["bias"] = [0.1 * jnp.arange(b.size, dtype=jnp.float32) for b in params["bias"]]
     keys = jax.random.split(jax.random.PRNGKey(2), 4000)
-    lrt = jax.vmap(lambda k: solver.objective(params, masks, x, y, k, 0.0, 6, layers))(keys)
+    lrt = jax.vmap(lambda k: ssvi_objective(params, masks, x, y, k, 0.0, 6, layers))(keys)
     sd = [jax.nn.softplus(r) for r in params["rho"]]
     draws = {f"w_{i}": (mu + s * jax.random.normal(jax.random.PRNGKey(10 + i), (4000, *mu.shape)))
              .reshape(4000, -1) for i, (mu, s) in enumerate(zip(params["mu"], sd, strict=True))}
@@ -239,7 +240,7 @@ def test_ssvi_beats_a_static_random_mask_on_digits():
         for seed in (0, 1):
             post = SSVI(0.05, hidden=(64,), epochs=40, update_every=20, mask_update=mode,
                         seed=seed, progress_bar=False).fit(xtr, ytr)  # fmt: skip
-            accs.append(np.mean(post.predict(xte)["label"] == yte))
+            accs.append(np.mean(post.predict_summary(xte)["label"] == yte))
         acc[mode] = np.mean(accs)
     assert acc["ssvi"] > acc["static"] + 0.01, acc
     assert acc["ssvi"] > 0.85, acc
@@ -253,22 +254,32 @@ def test_predict_and_arviz():
 
     _solver, post = small_fit(0.1)
     _, xte, _, yte = digits()
-    pred = post.predict(xte, num_samples=10)
+    pred = post.predict_summary(xte, num_samples=10)
     np.testing.assert_allclose(pred["probs"].sum(1), 1.0, rtol=1e-5)
     assert np.all(pred["entropy"] >= 0) and np.all(pred["entropy"] <= np.log(10) + 1e-6)
     assert np.mean(pred["label"] == yte) > 0.5
     # a second call of the same shape reuses the compiled draws and forward pass
-    again, compiled = compile_records(post.predict, xte, num_samples=10)
+    again, compiled = compile_records(post.predict_summary, xte, num_samples=10)
     assert not compiled, compiled
     np.testing.assert_array_equal(again["probs"], pred["probs"])
+    # posterior predictive draws of the labels: their frequencies are the averaged probabilities
+    draws = post.predict(xte)["y"]
+    assert draws.shape == (100, len(yte)) and draws.dtype.kind == "i"
+    freq = np.mean(draws[:, :, None] == np.arange(10), axis=0)
+    ref = post.predict_summary(xte, num_samples=100)["probs"]
+    assert np.mean(np.abs(freq - ref)) < 0.03
     tree = post.to_arviz()
     w0 = tree.posterior["w_0"]
     assert w0.dims == ("chain", "draw", "active_0") and w0.shape[-1] == post.masks[0].sum()
-    assert tree.log_likelihood["y"].shape == (1, 100, len(yte))
+    assert set(tree.posterior.data_vars) == {f"w_{i}" for i in range(len(post.layers))}
+    _, _, ytr, _ = digits()
+    assert tree.log_likelihood["y"].shape == (1, 100, len(ytr))  # the training data
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Pareto k on a few held-out points
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k on a few points
         loo = az.loo(tree)
-    assert np.isfinite(loo.elpd) and loo.n_data_points == len(yte)
+    assert np.isfinite(loo.elpd) and loo.n_data_points == len(ytr)
+    lpd = post.score(xte, yte)
+    assert np.isfinite(lpd) and lpd > len(yte) * np.log(0.1)  # better than a uniform guess
 
 
 def test_prune_keeps_the_top_fraction():
@@ -284,11 +295,13 @@ def test_regression_on_diabetes():
     x, y = load_diabetes(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0)
     post = SSVI(0.2, task="regression", hidden=(32,), epochs=60, progress_bar=False).fit(xtr, ytr)
-    pred = post.predict(xte)
+    pred = post.predict_summary(xte)
     r2 = 1 - np.mean((pred["mean"] - yte) ** 2) / np.var(yte)
     assert r2 > 0.3, r2
     assert np.all(pred["sd"] > 0)
-    assert post.pointwise_log_likelihood(xte, yte, 5).shape == (5, len(yte))
+    assert post.score(xte, yte, pointwise=True)["y"].shape == (len(yte),)
+    draws = post.predict(xte)["y"]
+    np.testing.assert_allclose(draws.mean(0), pred["mean"], atol=4 * pred["sd"].max() / 10)
 
 
 def test_small_cnn_trains():
@@ -296,7 +309,7 @@ def test_small_cnn_trains():
     post = SSVI(0.3, conv=(4,), hidden=(32,), image_shape=(8, 8, 1), epochs=10,
                 progress_bar=False).fit(xtr, ytr)  # fmt: skip
     assert post.layers[0].kind == "conv"
-    assert np.mean(post.predict(xte, num_samples=5)["label"] == yte) > 0.6
+    assert np.mean(post.predict_summary(xte, num_samples=5)["label"] == yte) > 0.6
 
 
 def test_bnn_model_is_a_numpyro_model():
@@ -342,8 +355,8 @@ def test_bad_data():
         s.fit(bad, ytr)
     with pytest.raises(ValueError, match="shape"):
         s.fit(xtr, ytr[:-1])
-    with pytest.raises(ValueError, match="`validation\\[1\\]` labels"):
-        s.fit(xtr, ytr, validation=(xte, yte + 5))
     _, post = small_fit(0.1)
+    with pytest.raises(ValueError, match="`y` labels"):
+        post.score(xte, yte + 5)
     with pytest.raises(ValueError, match="64 features"):
         post.predict(xte[:, :10])
