@@ -180,7 +180,7 @@ def _multvae_run(job: Job):
     s = ds.strong_generalization_split(clicks, int(job.data.get("n_val", 100)),
                                        int(job.data.get("n_test", 100)), seed=job.seed)  # fmt: skip
     post = MultVAE(**job.model_kwargs).fit(s.train, validation=(s.val_in, s.val_out))
-    scores = post.predict(s.test_in)
+    scores = post.scores(s.test_in)
     kw = dict(exclude=s.test_in)
     metrics = {"ndcg100": ndcg_at_k(scores, s.test_out, 100, **kw),
                "recall20": recall_at_k(scores, s.test_out, 20, **kw),

@@ -55,7 +55,7 @@ from bayeslr.datasets import (
     strong_generalization_split,
 )
 from bayeslr.metrics import ndcg_at_k, recall_at_k
-from bayeslr.models.multvae import EASE, MultVAE, popularity_scores
+from bayeslr.models.multvae import EASE, MultVAE, multvae_svi, popularity_scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` beside this script
 from _common import (
@@ -111,7 +111,7 @@ def quality(name, ratings, seeds, epochs, batch, grid=EASE_GRID) -> dict:
             note = (f"β*={post.extra['selected_beta']:.2f}, " if kind == "vae" else "") + (
                 f"best epoch {post.extra['best_epoch'] + 1}")  # fmt: skip
             recs.setdefault(label, []).append({
-                **evaluate(post.predict(split.test_in), split), "note": note, "fit_s": t,
+                **evaluate(post.scores(split.test_in), split), "note": note, "fit_s": t,
                 "epoch_s": float(np.median(post.extra["epoch_time"])),
                 "users_s": post.extra["users_per_second"],
             })  # fmt: skip
@@ -188,9 +188,8 @@ def step_cost(n_items: int, batch: int, repeats: int, warmup: int = 3) -> dict:
     rng = np.random.default_rng(0)
     x = jnp.asarray((rng.random((batch, n_items)) < 0.004).astype(np.float32))
     x = x.at[:, 0].set(1.0)
-    model = MultVAE(epochs=1, batch_size=batch, progress_bar=False)
-    enc, dec = model.networks(n_items, jax.random.PRNGKey(0))
-    svi = model.svi(enc, dec, total_steps=10_000, cap=0.2)
+    model = MultVAE(epochs=1, batch_size=batch, progress_bar=False, anneal_steps=10_000)
+    svi = multvae_svi(model.prepare(sp.csr_matrix(np.asarray(x))).problem)
     ours_state = svi.init(jax.random.PRNGKey(1), x)
     hw_step, hw_state = handwritten(n_items)
     t = time_jax_interleaved({

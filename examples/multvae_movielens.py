@@ -58,7 +58,7 @@ def report(name, scores):
           f"Recall@50 {recall_at_k(scores, split.test_out, 50, **kw):.4f}")  # fmt: skip
 
 
-report("Mult-VAE", post.predict(split.test_in))
+report("Mult-VAE", post.scores(split.test_in))
 report("EASE", EASE(200.0).fit(split.train).predict(split.test_in))
 report("popularity", popularity_scores(split.train, split.test_in.shape[0]))
 

@@ -198,6 +198,8 @@ class LoopResult:
             ``best_step`` the step of the kept state.
         seconds: wall time of the run, compilation included.
         resumed_from: the step a checkpoint resumed at (0 for a fresh run).
+        chunk_seconds: wall time of every chunk of the single run (the first includes the
+            compilation).
     """
 
     state: Any
@@ -210,6 +212,7 @@ class LoopResult:
     best_step: int | None = None
     seconds: float = 0.0
     resumed_from: int = 0
+    chunk_seconds: list = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
@@ -536,6 +539,7 @@ class _Runner:
         self.spec, self.hyper = _stop_spec(stop), _hyper(stop)
         self.guard, self.chunk, self.num_steps = guard, chunk, num_steps
         self.desc, self.fields, self.bar, self.hint = desc, tuple(fields), bar, hint
+        self.chunk_seconds: list[float] = []
 
     def chunk_call(self, state, base, start, n, stopped, vmapped):
         out = _chunk(self.step, self.spec, self.guard, vmapped, self.chunk, state, self.problem,
@@ -589,7 +593,9 @@ def _run_one(r: _Runner, state, base, start: int, stop_at: int, *, raise_on_bad:
     rows, t, stopped = [], start, False
     while t < stop_at and not stopped:
         n = min(r.chunk, stop_at - t)
+        t0 = time.perf_counter()
         new, stp, buf, ran, b = r.chunk_call(state, base, t, n, jnp.asarray(False), False)
+        r.chunk_seconds.append(time.perf_counter() - t0)
         k = int(ran.sum())
         if int(b) < r.chunk:
             if raise_on_bad:
@@ -819,7 +825,7 @@ def _single(r, state, base, start, prefix, sc, best, validation, path, every, ca
             state = jax.tree.map(jnp.asarray, v["best_state"])
     n_total = len(next(iter(hist.values()))) if hist else 0
     return LoopResult(state, hist, n_total, reason, sc, best, vinfo, best_step,
-                      time.perf_counter() - t0, resumed)  # fmt: skip
+                      time.perf_counter() - t0, resumed, list(r.chunk_seconds))  # fmt: skip
 
 
 def _write(path, state, hist, t, sc, best, v):

@@ -42,6 +42,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bayeslr._validation import as_key
@@ -212,12 +213,42 @@ class ModelPosterior(Posterior):
 
     def __init__(self, samples, *, estimator: Estimator, args: tuple = (),
                  kwargs: Mapping | None = None, results: Sequence[loop.LoopResult] = (),
-                 context: Mapping | None = None, **rest):  # fmt: skip
-        super().__init__(samples, model=type(estimator).model_fn, args=tuple(args),
-                         kwargs=kwargs, **rest)  # fmt: skip
+                 context: Mapping | None = None, num_draws: int | None = None,
+                 **rest):  # fmt: skip
+        lazy = callable(samples)
+        empty = not lazy and not samples
+        # a placeholder passes the base class's checks; lazy draws are made on first use, and a
+        # model without latent variables (a point estimate) has one "draw" of nothing
+        placeholder = {"_": np.zeros((1, 1 if num_draws is None else num_draws))}
+        super().__init__(placeholder if lazy or empty else samples,
+                         model=type(estimator).model_fn, args=tuple(args), kwargs=kwargs,
+                         **rest)  # fmt: skip
+        self._sample_fn = samples if lazy else None
+        self._samples = None if lazy else ({} if empty else self._samples)
+        self._lead = (1, 1) if empty else None
         self.estimator = estimator
         self.results = list(results)
         self.context = dict(context or {})
+
+    @property
+    def samples(self) -> dict:
+        """Posterior draws ``{site: (chain, draw, ...)}`` (made on first access for models whose
+        draws are expensive to store, e.g. one latent vector per user)."""
+        if self._samples is None:
+            self._samples = {k: np.asarray(v) for k, v in self._sample_fn().items()}
+        return self._samples
+
+    @samples.setter
+    def samples(self, value):
+        self._samples = value
+
+    @property
+    def num_chains(self) -> int:
+        return self._lead[0] if self._lead else super().num_chains
+
+    @property
+    def num_draws(self) -> int:
+        return self._lead[1] if self._lead else super().num_draws
 
     # ---- what a model's posterior implements --------------------------------------------
 
@@ -265,10 +296,13 @@ class ModelPosterior(Posterior):
         from numpyro.infer import Predictive
 
         draws = self.draws_at(args, kwargs)
-        pred = Predictive(
-            _Unobserve(self.model, sites), posterior_samples=draws, return_sites=sites,
-            batch_ndims=2,
-        )(as_key(rng_key, "rng_key"), *args, **kwargs)  # fmt: skip
+        key = as_key(rng_key, "rng_key")
+        model = _Unobserve(self.model, sites)
+        if not draws:  # no latent variables: one draw of the observables
+            pred = Predictive(model, num_samples=1, return_sites=sites)(key, *args, **kwargs)
+            return {k: np.asarray(v)[None] for k, v in pred.items()}
+        pred = Predictive(model, posterior_samples=draws, return_sites=sites,
+                          batch_ndims=2)(key, *args, **kwargs)  # fmt: skip
         return {k: np.asarray(v) for k, v in pred.items()}
 
     def _training_predictive(self, rng_key, sites):
@@ -276,7 +310,7 @@ class ModelPosterior(Posterior):
 
     def log_likelihood(self) -> dict[str, jax.Array]:
         r"""Pointwise :math:`\log p(y_i \mid \theta^{(c,s)})` of the training data per observed
-        site, ``(chain, draw, *obs_shape)``."""
+        site, ``(chain, draw, *points)`` (a point is one observation: an entry, a user's basket)."""
         return _log_likelihood(self.model, self.samples, self.args, self.kwargs)
 
     def score(self, *test_data, pointwise: bool = False, **kw):
@@ -311,23 +345,56 @@ class ModelPosterior(Posterior):
 
     def to_arviz(self, *, posterior_predictive: bool = True, log_likelihood: bool = True,
                  rng_key=None):  # fmt: skip
-        """The fit as an ArviZ ``DataTree`` (see :meth:`bayeslr.infer.Posterior.to_arviz`);
-        groups larger than :attr:`MAX_GROUP_SIZE` values are left out with a warning."""
+        """The fit as an ArviZ ``DataTree`` (see :meth:`bayeslr.infer.Posterior.to_arviz`). The
+        ``posterior`` group holds only random variables (none for a point estimate such as
+        Mult-DAE); ``posterior_predictive`` is left out, with a warning, when its draws ×
+        observed values exceed :attr:`MAX_GROUP_SIZE`, and ``log_likelihood`` likewise."""
         import warnings
 
-        n_obs = sum(int(np.size(v)) for v in self.observed.values())
-        size = self.num_chains * self.num_draws * n_obs
-        if size > self.MAX_GROUP_SIZE and (posterior_predictive or log_likelihood):
-            warnings.warn(
-                f"to_arviz: {size:,} draws x observations exceed MAX_GROUP_SIZE "
-                f"({self.MAX_GROUP_SIZE:,}); posterior_predictive and log_likelihood are left "
-                "out (lower num_samples or raise ModelPosterior.MAX_GROUP_SIZE).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            posterior_predictive = log_likelihood = False
-        return super().to_arviz(posterior_predictive=posterior_predictive,
-                                log_likelihood=log_likelihood, rng_key=rng_key)  # fmt: skip
+        S = self.num_chains * self.num_draws
+        values, points = self._observed_sizes()
+        for group, size, on in (("posterior_predictive", S * values, posterior_predictive),
+                                ("log_likelihood", S * points, log_likelihood)):  # fmt: skip
+            if on and size > self.MAX_GROUP_SIZE:
+                warnings.warn(
+                    f"to_arviz: {group} would hold {size:,} values (> MAX_GROUP_SIZE "
+                    f"{self.MAX_GROUP_SIZE:,}) and is left out; lower num_samples or raise "
+                    f"{type(self).__name__}.MAX_GROUP_SIZE.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                if group == "posterior_predictive":
+                    posterior_predictive = False
+                else:
+                    log_likelihood = False
+        if self.samples:
+            return super().to_arviz(posterior_predictive=posterior_predictive,
+                                    log_likelihood=log_likelihood, rng_key=rng_key)  # fmt: skip
+        return self._point_estimate_tree(posterior_predictive, log_likelihood, rng_key)
+
+    def _observed_sizes(self) -> tuple[int, int]:
+        """Observed values, and observation points (the batch shape of each observed site)."""
+        from numpyro.handlers import seed, substitute, trace
+
+        draw = {k: np.asarray(v)[0, 0] for k, v in self.samples.items()}
+        tr = trace(seed(substitute(self.model, draw), 0)).get_trace(*self.args, **self.kwargs)
+        obs = [v for v in tr.values() if v["type"] == "sample" and v["is_observed"]]
+        values = sum(int(np.size(v["value"])) for v in obs)
+        points = sum(int(np.prod(v["fn"].batch_shape)) for v in obs)
+        return values, points
+
+    def _point_estimate_tree(self, posterior_predictive, log_likelihood, rng_key):
+        import arviz as az
+
+        data = {"observed_data": dict(self.observed)}
+        if posterior_predictive:
+            data["posterior_predictive"] = self._training_predictive(rng_key, list(self.observed))
+        if log_likelihood:
+            data["log_likelihood"] = {k: np.asarray(v) for k, v in self.log_likelihood().items()}
+        return az.from_dict(data, dims={k: v for k, v in self.dims.items()
+                                        if any(k in g for g in data.values())},
+                            coords=self.coords,
+                            attrs={"/": {"inference_library": "bayeslr", "method": self.method}})
 
     def _has_log_likelihood(self) -> bool:
         return True
@@ -352,6 +419,16 @@ class ModelPosterior(Posterior):
 
 
 def _log_likelihood(model, samples, args, kwargs) -> dict:
+    """Pointwise log-likelihood of the observed sites per draw, ``(chain, draw, *points)``;
+    draws one at a time (``lax.map``) when the vectorized form would be large, and the single
+    "draw" of a model without latent variables."""
+    from numpyro.handlers import seed, trace
     from numpyro.infer import log_likelihood
 
-    return log_likelihood(model, samples, *args, batch_ndims=2, **kwargs)
+    if not samples:
+        tr = trace(seed(model, 0)).get_trace(*args, **kwargs)
+        return {k: jnp.asarray(v["fn"].log_prob(v["value"]))[None, None] for k, v in tr.items()
+                if v["type"] == "sample" and v["is_observed"]}  # fmt: skip
+    size = sum(int(np.size(v)) for v in samples.values())
+    return log_likelihood(model, samples, *args, batch_ndims=2, parallel=size < 10_000_000,
+                          **kwargs)  # fmt: skip

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 from numpyro.handlers import seed, trace
 from scipy.special import logsumexp
@@ -153,7 +154,38 @@ def _ssvi_case():
     )  # fmt: skip
 
 
-CASES = {"krosbl": _krosbl_case, "funbat": _funbat_case, "ssvi": _ssvi_case}
+# ---- Mult-VAE -------------------------------------------------------------------------------
+
+
+def _multvae_case():
+    from bayeslr.datasets import binarize, load_movielens_small, strong_generalization_split
+    from bayeslr.models import MultVAE
+
+    s = strong_generalization_split(binarize(load_movielens_small()), 50, 50, seed=1)
+    bad = s.train.copy().astype(np.float64)
+    bad.data[0] = np.nan
+
+    def direct(post, test):
+        fold_in, heldout = (t.toarray().astype(np.float32) for t in test)
+        z = post._z_draws(fold_in)["z"][0]  # (S, users, K): the guide's draws
+        logits = np.asarray(jax.vmap(jax.vmap(post.decoder))(jnp.asarray(z)))
+        logp = logits - logsumexp(logits, axis=-1, keepdims=True)
+        n = heldout.sum(1)
+        coef = scipy.special.gammaln(n + 1) - scipy.special.gammaln(heldout + 1).sum(1)
+        ll = (heldout[None] * logp).sum(-1) + coef  # (S, users)
+        return float(np.sum(logsumexp(ll, axis=0) - np.log(ll.shape[0])))
+
+    kw = dict(hidden=[32], latent_dim=8, epochs=2, batch_size=100, num_samples=30,
+              progress_bar=False)  # fmt: skip
+    return Case(
+        make=lambda sd: MultVAE(seed=sd, **kw), train=(s.train,), test=(s.test_in, s.test_out),
+        direct_lpd=direct, nan_train=(bad,), step_module="bayeslr.models.multvae.estimator",
+        step_name="multvae_step", compare=lambda p: p.scores(s.test_in),
+    )  # fmt: skip
+
+
+CASES = {"krosbl": _krosbl_case, "funbat": _funbat_case, "ssvi": _ssvi_case,
+         "multvae": _multvae_case}  # fmt: skip
 _built: dict = {}
 
 
@@ -208,19 +240,26 @@ def test_predict_means_posterior_predictive_draws_of_the_observed_sites(name):
 
 def test_arviz_has_training_log_likelihood_with_named_dims(name):
     post = fitted(name)
-    dt = post.to_arviz()
-    assert {"posterior", "log_likelihood", "observed_data", "posterior_predictive"} <= set(
-        dt.children
-    )
+    S = post.num_chains * post.num_draws
+    big = S * sum(np.size(v) for v in post.observed.values()) > post.MAX_GROUP_SIZE
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dt = post.to_arviz()
+    want = {"posterior", "log_likelihood", "observed_data"}
+    assert want <= set(dt.children)
+    # posterior predictive draws of every observed value, unless they would not fit in memory
+    assert ("posterior_predictive" in dt.children) == (not big)
+    assert any("posterior_predictive" in str(w.message) for w in caught) == big
     for group in ("posterior", "log_likelihood", "observed_data"):
         for var in dt[group].data_vars:
             dims = dt[group][var].dims
             assert not any("_dim_" in d for d in dims), (group, var, dims)
-    for site, obs in post.observed.items():
-        assert dt["log_likelihood"][site].shape[2:] == np.shape(obs)
+    tr = trace(seed(post.model, 0)).get_trace(*post.args, **post.kwargs)
+    for site in post.observed:  # one term per observation: an entry, a measurement, a basket
+        assert dt["log_likelihood"][site].shape[2:] == tuple(tr[site]["fn"].batch_shape)
     assert set(dt["posterior"].data_vars) <= set(post.samples)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto k on small data
         assert np.isfinite(az.loo(dt).elpd)

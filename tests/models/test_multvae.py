@@ -31,7 +31,7 @@ def split():
 @functools.cache
 def fitted(kind="vae", epochs=20):
     s = split()
-    return MultVAE(kind, epochs=epochs, batch_size=100, progress_bar=False, num_draws=30).fit(
+    return MultVAE(kind, epochs=epochs, batch_size=100, progress_bar=False, num_samples=30).fit(
         s.train, validation=(s.val_in, s.val_out)
     )
 
@@ -81,8 +81,8 @@ def test_split_and_fold_in_exclusion():
     rec = post.recommend(s.test_in, k=50)
     seen = s.test_in.toarray() > 0
     assert not np.any(np.take_along_axis(seen, rec, 1))
-    scores = post.predict(s.test_in)
-    again, compiled = compile_records(post.predict, s.test_in)  # compiled once, not per call
+    scores = post.scores(s.test_in)
+    again, compiled = compile_records(post.scores, s.test_in)  # compiled once, not per call
     assert not compiled, compiled
     np.testing.assert_array_equal(again, scores)
     assert np.all(np.diff(np.take_along_axis(-scores, rec, 1), axis=1) >= -1e-6)
@@ -94,7 +94,7 @@ def test_training_on_movielens_beats_popularity():
                     exclude=s.test_in)  # fmt: skip
     for kind, epochs in (("vae", 20), ("dae", 40)):
         post = fitted(kind, epochs)
-        ndcg = ndcg_at_k(post.predict(s.test_in), s.test_out, 100, exclude=s.test_in)
+        ndcg = ndcg_at_k(post.scores(s.test_in), s.test_out, 100, exclude=s.test_in)
         assert ndcg > pop + 0.05, (kind, ndcg, pop)
         assert post.extra["val_ndcg"].shape == (epochs,)
         assert post.extra["best_epoch"] == int(np.argmax(post.extra["val_ndcg"]))
@@ -107,38 +107,47 @@ def test_to_arviz_and_loo():
     import arviz as az
 
     post = fitted()
-    tree = post.to_arviz()
+    n_train = split().train.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # posterior predictive too large: left out
+        tree = post.to_arviz()
     assert tree.posterior["z"].dims == ("chain", "draw", "user", "latent")
-    assert tree.posterior["z"].shape == (1, 30, 100, 200)
-    assert tree.log_likelihood["x"].shape == (1, 30, 100)
+    assert tree.posterior["z"].shape == (1, 30, n_train, 200)  # the training users
+    assert tree.log_likelihood["x"].shape == (1, 30, n_train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert np.isfinite(az.loo(tree).elpd)
+    # held-out users: draws of baskets of their fold-in size, and the held-out log-likelihood
+    s = split()
+    draws = post.predict(s.test_in[:5])["x"]
+    assert draws.shape == (30, 5, s.test_in.shape[1])
+    np.testing.assert_array_equal(draws.sum(-1), np.broadcast_to(s.test_in[:5].sum(1).T, (30, 5)))
+    lpd = post.score(s.test_in, s.test_out)
+    assert np.isfinite(lpd) and lpd < 0
 
 
-def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     s = split()
     kw = dict(epochs=4, batch_size=100, anneal_steps=50, progress_bar=False)
     full = MultVAE(**kw).fit(s.train, validation=(s.val_in, s.val_out))
-    path = tmp_path / "ckpt.pkl"
-    save = mv._save
+    path = tmp_path / "ckpt.npz"
 
-    def crash_after_two(p, obj):
-        save(p, obj)
-        if obj["epoch"] == 2:
+    def crash_after_two(status):
+        if status.step == 2 * 5:  # 5 batches per epoch
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(mv, "_save", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        MultVAE(checkpoint=path, **kw).fit(s.train, validation=(s.val_in, s.val_out))
-    monkeypatch.setattr(mv, "_save", save)
+        MultVAE(**kw).fit(s.train, validation=(s.val_in, s.val_out), checkpoint=path,
+                          callback=crash_after_two)  # fmt: skip
     assert path.exists() and not list(tmp_path.glob("*.tmp"))
-    resumed = MultVAE(checkpoint=path, **kw).fit(s.train, validation=(s.val_in, s.val_out))
+    resumed = MultVAE(**kw).fit(s.train, validation=(s.val_in, s.val_out), checkpoint=path)
+    assert resumed.results[-1].resumed_from == 10
     np.testing.assert_allclose(resumed.extra["loss"], full.extra["loss"], rtol=1e-5)
-    np.testing.assert_allclose(resumed.predict(s.test_in), full.predict(s.test_in), rtol=1e-4,
+    np.testing.assert_allclose(resumed.extra["val_ndcg"], full.extra["val_ndcg"], rtol=1e-6)
+    np.testing.assert_allclose(resumed.scores(s.test_in), full.scores(s.test_in), rtol=1e-4,
                                atol=1e-4)  # fmt: skip
-    with pytest.raises(ValueError, match="different run"):
-        MultVAE("dae", checkpoint=path, **kw).fit(s.train)
+    with pytest.raises(ValueError, match="different fit"):
+        MultVAE("dae", **kw).fit(s.train, checkpoint=path)
 
 
 def test_two_device_sharded_training_equals_one_device():
@@ -152,7 +161,7 @@ def test_two_device_sharded_training_equals_one_device():
         one = MultVAE(**kw).fit(s.train)
         two = MultVAE(devices=2, **kw).fit(s.train)
         np.testing.assert_allclose(two.extra["loss"], one.extra["loss"], rtol=1e-4)
-        np.testing.assert_allclose(two.predict(s.test_in), one.predict(s.test_in), rtol=1e-3,
+        np.testing.assert_allclose(two.scores(s.test_in), one.scores(s.test_in), rtol=1e-3,
                                    atol=1e-3)
         print("OK", one.extra["loss"][-1], two.extra["loss"][-1])
     """)
