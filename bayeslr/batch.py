@@ -205,9 +205,9 @@ def _gphm_run(job: Job):
     from bayeslr.datasets import pde_problem
 
     problem = pde_problem(job.data["problem"])
-    post = _construct("gphm", MODELS["gphm"], job.data, job.model_kwargs).fit()
+    post = _construct("gphm", MODELS["gphm"], job.data, job.model_kwargs).fit(problem)
     xt, ut = (np.asarray(a) for a in problem.test_points())
-    u_hat = post.predict(xt)
+    u_hat = post.solution(xt)
     metrics = {"rel_l2": float(np.linalg.norm(u_hat - ut) / np.linalg.norm(ut)),
                "residual_rms": post.extra["residual_rms"],
                "boundary_rms": post.extra["boundary_rms"]}  # fmt: skip
@@ -364,7 +364,9 @@ def _construct(model: str, entry: ModelEntry, data: dict, kwargs: dict):
     """Build the model object as the run will (validates every option; compiles nothing)."""
     cls = entry.cls()
     if model == "gphm":
-        return cls(data["problem"], **kwargs)
+        solver = cls(**kwargs)
+        solver.settings(data["problem"])  # the grid and frequencies against the problem
+        return solver
     if model == "funbat" and isinstance(kwargs.get("kernel"), dict):
         kwargs = {**kwargs, "kernel": _kernel(kwargs["kernel"])}
     return cls(**kwargs)

@@ -117,7 +117,6 @@ def extra_gp(problem, steps: int) -> float | None:
 
 def run_gphm(problem, kernel: str, steps: int, grid: int | None, boundary_weight: float) -> dict:
     solver = GPSolver(
-        problem,
         grid=grid,
         kernel=kernel,
         boundary_weight=boundary_weight,
@@ -126,9 +125,10 @@ def run_gphm(problem, kernel: str, steps: int, grid: int | None, boundary_weight
         progress_bar=False,
     )
     t0 = time.perf_counter()
-    post = solver.fit()
+    post = solver.fit(problem)
     t = time.perf_counter() - t0
-    return {"err": test_error(problem, post.predict), "time": t, "grid": solver.shape}
+    return {"err": test_error(problem, post.solution), "time": t,
+            "grid": tuple(post.settings["grid"])}
 
 
 def test_error(problem, predict) -> float:
@@ -268,12 +268,12 @@ def part_scale(grids, steps, cg_steps) -> list[dict]:
         opts = dict(grid=n, cg_steps=cg_steps, progress_bar=False)
         for _ in range(2):  # the first also pays the one-time compilations outside the steps
             t0 = time.perf_counter()
-            GPSolver(problem, num_steps=1, **opts).fit()
+            GPSolver(num_steps=1, **opts).fit(problem)
             t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        post = GPSolver(problem, num_steps=steps, **opts).fit()
+        post = GPSolver(num_steps=steps, **opts).fit(problem)
         t_total = time.perf_counter() - t0
-        err = float(problem.relative_l2(post.predict(np.asarray(xt)), ut))
+        err = float(problem.relative_l2(post.solution(np.asarray(xt)), ut))
         per_step = (t_total - t_first) / (steps - 1)
         rows.append({"n": n * n, "grid": f"{n}²", "t_first": t_first, "t_total": t_total,
                      "steps": steps, "cg": cg_steps, "per_step": per_step, "err": err,

@@ -1,4 +1,12 @@
-"""The model library: one module per model, each with the model's own fast inference.
+"""The model library: one package per model, all on one contract (:mod:`bayeslr.models.base`).
+
+Every model is a plain NumPyro function (``funbat_model``, ``gphm_model``, ``krosbl_model``,
+``bnn_model``, ``multvae_model``), a pure ``init``/``step`` algorithm run by the one training loop
+:func:`bayeslr.infer.loop.run`, and an :class:`~bayeslr.models.base.Estimator` whose ``fit(data)``
+returns a :class:`~bayeslr.models.base.ModelPosterior` of that function: ``predict`` draws the
+observed sites, ``log_likelihood``/``to_arviz`` are of the training data, ``score`` is the
+held-out log predictive density. Each package has ``algo`` (the pure algorithm), ``model`` and
+``estimator`` modules.
 
 * :mod:`bayeslr.models.funbat` — functional Bayesian Tucker decomposition (FunBaT, FunBaT-CP) of
   continuous-indexed tensors (values at real coordinates such as latitude × longitude × time):
@@ -9,7 +17,8 @@
   multi-scale solutions: spectral-mixture (Student-t or Gaussian) product kernels on a
   collocation grid, so every covariance and derivative operator is a Kronecker product;
   :class:`GPSolver` takes a :class:`PDE` (any operator of u and its derivatives, linear or not)
-  or one of the paper's eleven problems and returns the solution anywhere in the box.
+  or one of the paper's eleven problems (``GPSolver().fit(pde)``) and returns the posterior of
+  :func:`gphm_model`, whose ``solution`` is the posterior mean anywhere in the box.
 
 * :mod:`bayeslr.models.krosbl` — Kronecker-structured sparse Bayesian learning (KroSBL): EM with
   an exact factored E-step for :math:`y = (A_1 \\otimes \\cdots \\otimes A_I) x + n` with a
@@ -31,7 +40,7 @@
 """
 
 from bayeslr.models.funbat import FunBaT, FunBaTPosterior, funbat_model
-from bayeslr.models.gphm import PDE, GPHMPosterior, GPSolver
+from bayeslr.models.gphm import PDE, GPHMPosterior, GPSolver, gphm_model
 from bayeslr.models.krosbl import (
     KroneckerSBL,
     KroSBLResult,
@@ -50,6 +59,7 @@ __all__ = [
     "FunBaTPosterior",
     "GPHMPosterior",
     "GPSolver",
+    "gphm_model",
     "KroneckerSBL",
     "KroSBLResult",
     "coupling_matrix",

@@ -101,6 +101,9 @@ class Estimator:
     model_fn: ClassVar[Callable]
     #: the model's name in progress bars and messages
     name: ClassVar[str] = "model"
+    #: run the fit and the posterior's computations in float64 whatever the global setting
+    #: (GP-HM: Gram matrices of hundreds of points per axis are too ill-conditioned in float32)
+    float64: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -151,6 +154,10 @@ class Estimator:
         Returns:
             the model's :class:`ModelPosterior`.
         """
+        with _precision(self):
+            return self._fit(data, kwargs, checkpoint, callback)
+
+    def _fit(self, data, kwargs, checkpoint, callback) -> ModelPosterior:
         prepared = self.prepare(*data, **kwargs)
         key = as_key(self.seed)
         k_fit, k_post = jax.random.split(key)
@@ -182,6 +189,14 @@ class Estimator:
         shown = [f"{p}={getattr(self, p)!r}" for p in params
                  if p != "self" and hasattr(self, p)]  # fmt: skip
         return f"{type(self).__name__}({', '.join(shown)})"
+
+
+def _precision(estimator):
+    """``jax.enable_x64(True)`` for an estimator that computes in float64, else nothing."""
+    import contextlib
+
+    return jax.enable_x64(True) if getattr(estimator, "float64", False) else \
+        contextlib.nullcontext()  # fmt: skip
 
 
 def _stage_path(checkpoint, index: int, name: str):
@@ -235,7 +250,8 @@ class ModelPosterior(Posterior):
         """Posterior draws ``{site: (chain, draw, ...)}`` (made on first access for models whose
         draws are expensive to store, e.g. one latent vector per user)."""
         if self._samples is None:
-            self._samples = {k: np.asarray(v) for k, v in self._sample_fn().items()}
+            with _precision(self.estimator):
+                self._samples = {k: np.asarray(v) for k, v in self._sample_fn().items()}
         return self._samples
 
     @samples.setter
@@ -285,9 +301,10 @@ class ModelPosterior(Posterior):
             ``{site: np.ndarray (draws, *site_shape)}``: the same type and meaning for every
             model.
         """
-        args, kwargs = self.model_inputs(*data, observed=False, **kw)
-        sites = list(self.observed) if return_sites is None else list(return_sites)
-        out = self._predictive(args, kwargs, sites, rng_key)
+        with _precision(self.estimator):
+            args, kwargs = self.model_inputs(*data, observed=False, **kw)
+            sites = list(self.observed) if return_sites is None else list(return_sites)
+            out = self._predictive(args, kwargs, sites, rng_key)
         if group_by_chain:
             return out
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}
@@ -311,7 +328,9 @@ class ModelPosterior(Posterior):
     def log_likelihood(self) -> dict[str, jax.Array]:
         r"""Pointwise :math:`\log p(y_i \mid \theta^{(c,s)})` of the training data per observed
         site, ``(chain, draw, *points)`` (a point is one observation: an entry, a user's basket)."""
-        return _log_likelihood(self.model, self.samples, self.args, self.kwargs)
+        samples = self.samples
+        with _precision(self.estimator):
+            return _log_likelihood(self.model, samples, self.args, self.kwargs)
 
     def score(self, *test_data, pointwise: bool = False, **kw):
         r"""Held-out log predictive density of test data,
@@ -330,9 +349,10 @@ class ModelPosterior(Posterior):
         Returns:
             the total lpd (float, nats), or the pointwise values.
         """
-        args, kwargs = self.model_inputs(*test_data, observed=True, **kw)
-        draws = self.draws_at(args, kwargs)
-        ll = _log_likelihood(self.model, draws, args, kwargs)
+        with _precision(self.estimator):
+            args, kwargs = self.model_inputs(*test_data, observed=True, **kw)
+            draws = self.draws_at(args, kwargs)
+            ll = _log_likelihood(self.model, draws, args, kwargs)
         per = {}
         for site, v in ll.items():
             v = np.asarray(v, np.float64)
@@ -349,6 +369,10 @@ class ModelPosterior(Posterior):
         ``posterior`` group holds only random variables (none for a point estimate such as
         Mult-DAE); ``posterior_predictive`` is left out, with a warning, when its draws ×
         observed values exceed :attr:`MAX_GROUP_SIZE`, and ``log_likelihood`` likewise."""
+        with _precision(self.estimator):
+            return self._to_arviz(posterior_predictive, log_likelihood, rng_key)
+
+    def _to_arviz(self, posterior_predictive, log_likelihood, rng_key):
         import warnings
 
         S = self.num_chains * self.num_draws
@@ -361,7 +385,7 @@ class ModelPosterior(Posterior):
                     f"{self.MAX_GROUP_SIZE:,}) and is left out; lower num_samples or raise "
                     f"{type(self).__name__}.MAX_GROUP_SIZE.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 if group == "posterior_predictive":
                     posterior_predictive = False

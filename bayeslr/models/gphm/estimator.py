@@ -1,0 +1,496 @@
+r"""The GP-HM estimator :class:`GPSolver` and its posterior :class:`GPHMPosterior` (the model
+and the math are in :mod:`bayeslr.models.gphm`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayeslr._validation import check_int, check_real
+from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
+from bayeslr.models.gphm.algo import (
+    GPHMProblem,
+    _apply_orders,
+    _cross_predict,
+    _fields,
+    _is_uniform,
+    _kernels,
+    _predictive_weights,
+    extra_params,
+    gphm_init,
+    gphm_lbfgs_init,
+    gphm_lbfgs_step,
+    gphm_operators,
+    gphm_step,
+    init_params,
+    laplace_draws,
+)
+from bayeslr.models.gphm.model import gphm_model
+from bayeslr.models.gphm.pde import (
+    PDE,
+    _as_pde,
+    _build_grid,
+    _check_derivatives,
+    _check_domain,
+    boundary_mask,
+)
+
+__all__ = ["GPHMPosterior", "GPSolver"]
+
+KERNELS = ("stm", "gm")
+OPTIMIZERS = ("gauss-newton", "adam")
+_HINT = "Lower `learning_rate` or raise `jitter`."
+
+
+@jax.jit
+def _loss_at(params, problem: GPHMProblem):
+    return problem.loss(params)
+
+
+_draws = jax.jit(laplace_draws, static_argnums=1)
+
+
+def _positive(name: str, v: Any) -> float:
+    return check_real(name, v, low=0.0, low_open=True)
+
+
+class GPHMPosterior(ModelPosterior):
+    r"""The posterior of a GP-HM fit, bound to :func:`~bayeslr.models.gphm.gphm_model`.
+
+    The kernel parameters and precisions are their type-II MAP values (fixed arguments of the
+    model, listed by :meth:`spectrum` and ``extra["kernel_params"]``); the random variable is
+    the whitened grid solution ``V`` (``num_samples`` draws of
+    :func:`~bayeslr.models.gphm.algo.laplace_draws`, made on first use). Contract methods:
+    :meth:`predict` draws the observed sites ``pde`` (the source through the operator) and
+    ``boundary``, or the solution on the grid with ``return_sites=["u"]``;
+    :meth:`log_likelihood` and :meth:`to_arviz` are of the collocation data. :meth:`score` is
+    not defined (a PDE has no held-out observations). The solver's answer is the posterior
+    mean: :meth:`solution` anywhere in the box, :attr:`grid_values` on the grid.
+    """
+
+    @property
+    def grid(self) -> tuple[np.ndarray, ...]:
+        """The collocation axes."""
+        return self.context["axes"]
+
+    @property
+    def settings(self) -> dict:
+        """The solver settings the fit used (the PDE's defaults filled in)."""
+        return dict(self.context["settings"])
+
+    @property
+    def boundary_points(self) -> np.ndarray:
+        """The boundary nodes of the grid, ``(N_b, d)``, in the order of ``boundary``."""
+        return _boundary_points(self.grid)
+
+    @property
+    def grid_values(self) -> np.ndarray:
+        """:math:`U`, the posterior mean solution on the collocation grid, ``(M_1, ..., M_d)``."""
+        with jax.enable_x64(True):
+            axes = tuple(jnp.asarray(a) for a in self.grid)
+            zero = (0,) * len(axes)
+            total = 0.0
+            for params, family in self.extra["stages"]:
+                E, _ = gphm_operators(_kernels(params, family), axes, (), self.context["jitter"],
+                                      self.context["uniform"])  # fmt: skip
+                total = total + _apply_orders(jnp.asarray(params["V"]), E, (zero,))[zero]
+            return np.asarray(total)
+
+    def spectrum(self) -> list[dict[str, np.ndarray]]:
+        r"""Per axis, the learned mixture sorted by weight (largest first): ``weights``
+        :math:`w_q`, ``means`` :math:`\mu_q` (cycles per unit; :math:`k/2\pi` for
+        :math:`\sin kx`) and ``inv_lengthscales`` (``"stm"``: :math:`a_q`; ``"gm"``:
+        :math:`\rho_q^2`)."""
+        params, _ = self.extra["stages"][0]
+        out = []
+        for lw, mu, ll in zip(params["log_w"], params["mu"], params["log_ls"], strict=True):
+            w = np.exp(np.asarray(lw))
+            order = np.argsort(-w)
+            out.append({"weights": w[order], "means": np.asarray(mu)[order],
+                        "inv_lengthscales": np.exp(np.asarray(ll))[order]})  # fmt: skip
+        return out
+
+    def solution(self, x: Any, derivative: Sequence[int] | None = None) -> np.ndarray:
+        r"""The posterior mean of :math:`u` (or :math:`\partial^{\mathbf r} u`) at ``x``: the
+        GP conditional mean given the fitted grid values.
+
+        Args:
+            x: ``(n, d)`` points in the box (``(n,)`` in 1-D).
+            derivative: multi-index ``r`` (one order per axis, each at most 2) or ``None`` for
+                :math:`u`.
+
+        Returns:
+            ``(n,)`` values. Cost :math:`O(n\,\prod_j M_j)` (the cross covariances are
+            :math:`n \times M_j` per axis; the contraction is dense in the grid), plus
+            :math:`O(\sum_j M_j^3 + M\sum_j M_j)` on the first call for the weights
+            :math:`(\otimes_j L_j^{-\top})V`, which the posterior keeps.
+        """
+        d = len(self.grid)
+        pts = np.asarray(x, np.float64)
+        if pts.ndim == 1 and d == 1:
+            pts = pts[:, None]
+        if pts.ndim != 2 or pts.shape[1] != d or not np.all(np.isfinite(pts)):
+            raise ValueError(f"`x` must be finite points of shape (n, {d}); got {np.shape(x)}.")
+        r = (0,) * d if derivative is None else tuple(int(v) for v in np.atleast_1d(derivative))
+        if len(r) != d or any(v < 0 or v > 2 for v in r):
+            raise ValueError(
+                f"`derivative` must be {d} orders in 0..2 (one per axis); got {derivative!r}."
+            )
+        alphas = self.context.setdefault("alphas", {})
+        with jax.enable_x64(True):
+            axes = tuple(jnp.asarray(a) for a in self.grid)
+            total = 0.0
+            for i, (params, family) in enumerate(self.extra["stages"]):
+                p = jax.tree.map(jnp.asarray, params)
+                if i not in alphas:  # the per-axis Cholesky solves, once per posterior
+                    alphas[i] = np.asarray(_predictive_weights(
+                        p, family, axes, self.context["jitter"], self.context["uniform"]))
+                total = total + _cross_predict(p, family, axes, jnp.asarray(alphas[i]),
+                                               jnp.asarray(pts), r)  # fmt: skip
+            return np.asarray(total)
+
+    def score(self, *test_data, pointwise: bool = False, **kw):
+        """Not defined for GP-HM: the PDE's collocation data have no held-out counterpart."""
+        raise NotImplementedError(
+            "GPHMPosterior.score: a PDE solve has no held-out observations to score; compare "
+            "`solution(x)` with a reference solution, or read extra['residual_rms'] and "
+            "extra['boundary_rms'] (the fit's residuals on the grid)."
+        )
+
+
+def _boundary_points(axes) -> np.ndarray:
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    return pts[boundary_mask(tuple(a.size for a in axes))]
+
+
+class GPSolver(Estimator):
+    r"""Solve a PDE with GP-HM (:mod:`bayeslr.models.gphm` has the model, the loss and the
+    cost).
+
+    Example::
+
+        from bayeslr.models import GPSolver, PDE
+        pde = PDE(operator=lambda u, d, x: d[(2,)], derivatives=((2,),),
+                  domain=((0.0, 2 * np.pi),), boundary=lambda x: jnp.sin(20 * x[:, 0]),
+                  source=lambda x: -400.0 * jnp.sin(20 * x[..., 0]))
+        post = GPSolver(grid=200, freq_scale=5.0, num_steps=4000).fit(pde)
+        post.solution(np.linspace(0, 2 * np.pi, 300))
+
+    The eleven problems of the paper are ready-made: ``GPSolver().fit("poisson1d_sin100")``
+    (see :func:`bayeslr.datasets.list_pde_problems`) takes the grid, :math:`F`,
+    :math:`\lambda_b` and the extra-GP fraction from the problem where they are left unset.
+
+    Args:
+        grid: points per axis (int, or one int per axis; uniform, endpoints included), or 1-D
+            increasing coordinate arrays per axis that start and end at the domain's bounds.
+            Default: the PDE's ``defaults["grid"]``, else 100.
+        kernel: ``"stm"`` (Student-t mixture, default) or ``"gm"`` (Gaussian mixture).
+        num_components: :math:`Q` per axis (paper: 30).
+        freq_scale: :math:`F`: initial frequencies :math:`\mu = \operatorname{linspace}(0, F,
+            Q)` in cycles per unit (one float or one per axis); must exceed the solution's
+            frequencies (:math:`k/2\pi` for :math:`\sin kx`). Default: the PDE's, else 20.
+        boundary_weight: :math:`\lambda_b` (paper: 200, advection 500); default the PDE's,
+            else 200. With the learned precisions the boundary's share of the loss is about
+            :math:`\lambda_b N_b / M` (:math:`2d\lambda_b/N` on an :math:`N^d` grid), which
+            shrinks as the grid is refined; for a nonlinear operator on a fine grid a small
+            share lets the fit settle on a solution of the interior equation that misses the
+            boundary data (Allen–Cahn 2-D: :math:`\lambda_b = 200` fails on 200² and 400²,
+            :math:`2d\lambda_b/N = 40` works, ``docs/gphm.md``). Check
+            ``extra["boundary_rms"]`` after a fit.
+        num_steps: optimizer steps (the paper runs :math:`10^5`–:math:`10^6` Adam steps).
+        optimizer: ``"gauss-newton"`` (default): every step first minimizes over the whitened
+            values :math:`V` by one Gauss–Newton step
+            (:func:`~bayeslr.models.gphm.gauss_newton_step`; exact for linear operators), then
+            takes an Adam step on the kernel parameters and the precisions. ``"adam"``: Adam on
+            everything jointly, as the reference code does.
+        dense_limit: grid size :math:`M` up to which the Gauss–Newton system is formed and
+            factorized densely; above it, conjugate gradients.
+        cg_steps: CG iterations per Gauss–Newton step above ``dense_limit``. CG solves for the
+            step from zero, i.e. for the new :math:`V` from the current one, so a truncated
+            solve is carried on by the next step. Each iteration costs one ``jvp`` and one
+            ``vjp``; on large grids fewer iterations buy more steps (``poisson2d_sin100`` on
+            400² reaches :math:`8.4\times10^{-3}` in 60 steps with 25 iterations and
+            :math:`7.6\times10^{-3}` with 100).
+        learning_rate: Adam step size, or an optax schedule (``step -> size``). A float gives
+            a constant rate with ``optimizer="adam"`` (default 1e-2, the paper's) and a cosine
+            decay from it to 1 % of it over the steps with ``"gauss-newton"`` (default 3e-2);
+            the extra-GP stage restarts the schedule.
+        lbfgs_steps: L-BFGS steps (optax, zoom line search) after Adam; 0 for none.
+        extra_gp_fraction: :math:`c \in (0, 1)`: after :math:`c\,` ``num_steps`` steps freeze
+            the mixture GP and fit a Matérn-5/2 GP on top; ``None`` (default) for none, or the
+            PDE's value with ``"problem"``.
+        jitter: relative jitter :math:`\epsilon` on each :math:`K_j`.
+        steps_per_chunk: at most this many steps per compiled chunk (the progress bar and the
+            NaN check run between chunks; the chunks are equal).
+        num_samples: posterior draws of the grid values (made on first use: ``to_arviz``,
+            ``predict``); 0 for the MAP solution only.
+        seed: seed of the posterior draws (the fit itself is deterministic).
+        progress_bar: tqdm bar over steps.
+
+    The fit and the posterior run in float64 (inside ``jax.enable_x64``) whatever the global
+    setting: the Gram matrices of hundreds of grid points per axis are far too ill-conditioned
+    for float32.
+    """
+
+    model_fn = staticmethod(gphm_model)
+    name = "GP-HM"
+    float64 = True
+
+    def __init__(
+        self,
+        grid: Any = None,
+        *,
+        kernel: str = "stm",
+        num_components: int = 30,
+        freq_scale: float | Sequence[float] | None = None,
+        boundary_weight: float | None = None,
+        num_steps: int = 10_000,
+        learning_rate: float | Callable[[Any], Any] | None = None,
+        optimizer: str = "gauss-newton",
+        dense_limit: int = 2048,
+        cg_steps: int = 100,
+        lbfgs_steps: int = 0,
+        extra_gp_fraction: float | str | None = None,
+        jitter: float = 1e-6,
+        steps_per_chunk: int = 250,
+        num_samples: int = 100,
+        seed: int | jax.Array = 0,
+        progress_bar: bool = True,
+    ):
+        super().__init__(seed=seed, progress_bar=progress_bar)
+        self.grid = grid
+        if kernel not in KERNELS:
+            raise ValueError(f"`kernel` must be one of {KERNELS}; got {kernel!r}.")
+        self.kernel = kernel
+        self.num_components = check_int("num_components", num_components, minimum=1)
+        self.freq_scale = freq_scale
+        self.boundary_weight = None if boundary_weight is None else \
+            _positive("boundary_weight", boundary_weight)  # fmt: skip
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; got {optimizer!r}.")
+        self.optimizer = optimizer
+        if learning_rate is None:
+            learning_rate = 3e-2 if optimizer == "gauss-newton" else 1e-2
+        self.learning_rate = (
+            learning_rate if callable(learning_rate) else _positive("learning_rate", learning_rate)
+        )
+        self.jitter = _positive("jitter", jitter)
+        self.num_steps = check_int("num_steps", num_steps, minimum=1)
+        self.lbfgs_steps = check_int("lbfgs_steps", lbfgs_steps, minimum=0)
+        self.dense_limit = check_int("dense_limit", dense_limit, minimum=0)
+        self.cg_steps = check_int("cg_steps", cg_steps, minimum=1)
+        self.steps_per_chunk = check_int("steps_per_chunk", steps_per_chunk, minimum=1)
+        if extra_gp_fraction is not None and extra_gp_fraction != "problem":
+            extra_gp_fraction = check_real("extra_gp_fraction", extra_gp_fraction, low=0.0,
+                                           high=1.0, low_open=True, high_open=True)  # fmt: skip
+        self.extra_gp_fraction = extra_gp_fraction
+        self.num_samples = check_int("num_samples", num_samples, minimum=0)
+
+    # ---- settings and data on the grid --------------------------------------------------
+
+    def settings(self, pde: Any) -> dict:
+        """The settings a fit of ``pde`` uses: this solver's, with the PDE's ``defaults`` where
+        they are unset (``grid`` as the axes, ``freq_scale``, ``boundary_weight``,
+        ``extra_gp_fraction``). Raises on an invalid PDE or grid."""
+        pde = _as_pde(pde)
+        domain = _check_domain(pde.domain)
+        d = len(domain)
+        orders = _check_derivatives(pde.derivatives, d)
+        defaults = pde.defaults or {}
+        axes = _build_grid(defaults.get("grid", 100) if self.grid is None else self.grid,
+                           domain)  # fmt: skip
+        for j, a in enumerate(axes):
+            need = max(idx[j] for idx in orders) + 3
+            if a.size < need:
+                raise ValueError(
+                    f"`grid[{j}]` has {a.size} points, too few for derivatives of order "
+                    f"{need - 3} along axis {j} (need at least {need})."
+                )
+        fs = self.freq_scale if self.freq_scale is not None else defaults.get("freq_scale", 20.0)
+        fs = np.atleast_1d(np.asarray(fs, np.float64))
+        if fs.ndim != 1 or fs.size not in (1, d) or not np.all(np.isfinite(fs)) or np.any(fs <= 0):
+            raise ValueError(
+                f"`freq_scale` must be a positive float or {d} of them (one per axis); got "
+                f"{self.freq_scale!r}."
+            )
+        extra = self.extra_gp_fraction
+        if extra == "problem":
+            extra = defaults.get("extra_gp_fraction")
+        lam = self.boundary_weight if self.boundary_weight is not None else \
+            _positive("pde.defaults['boundary_weight']", defaults.get("boundary_weight", 200.0))
+        return {"pde": pde, "orders": orders, "axes": axes,
+                "freq_scale": float(fs[0]) if fs.size == 1 else tuple(float(v) for v in fs),
+                "boundary_weight": float(lam), "extra_gp_fraction": extra}  # fmt: skip
+
+    def boundary_points(self, pde: Any) -> np.ndarray:
+        """The boundary nodes of ``pde``'s grid, ``(N_b, d)`` in C order (each node once): the
+        order of an array ``pde.boundary``."""
+        return _boundary_points(self.settings(pde)["axes"])
+
+    # ---- the contract -------------------------------------------------------------------
+
+    def prepare(self, pde: Any) -> Prepared:
+        r"""Validate ``pde`` (a :class:`PDE`, a :class:`bayeslr.datasets.PDEProblem` or a
+        problem's name) and the grid, evaluate :math:`f` on the grid and :math:`g` on its
+        boundary, and check the operator's output shape (all before compiling anything)."""
+        s = self.settings(pde)
+        pde, orders, axes_np = s["pde"], s["orders"], s["axes"]
+        shape = tuple(a.size for a in axes_np)
+        dtype = jnp.float64
+        axes = tuple(jnp.asarray(a, dtype) for a in axes_np)
+        x = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+        gvals = _boundary_values(pde, _boundary_points(axes_np))
+        _check_operator(pde, orders, shape, x)
+        f = _source(pde, shape, x)
+        uniform = tuple(_is_uniform(a) for a in axes_np)
+        n1 = self.num_steps
+        if s["extra_gp_fraction"] is not None:
+            n1 = min(max(1, round(s["extra_gp_fraction"] * self.num_steps)), self.num_steps)
+        lr = self.learning_rate
+        problem = GPHMProblem(
+            axes=axes, source=f, boundary_values=jnp.asarray(gvals, dtype),
+            boundary_weight=jnp.asarray(s["boundary_weight"], dtype),
+            jitter=jnp.asarray(self.jitter, dtype),
+            learning_rate=jnp.asarray(0.0 if callable(lr) else lr, dtype),
+            decay_steps=jnp.asarray(max(n1, 1), dtype),
+            start=init_params(shape, self.num_components, s["freq_scale"], dtype), base=None,
+            operator=pde.operator, orders=orders, family=self.kernel, uniform=uniform,
+            optimizer=self.optimizer, dense_limit=self.dense_limit, cg_steps=self.cg_steps,
+            schedule=lr if callable(lr) else None,
+        )  # fmt: skip
+        settings = {k: v for k, v in s.items() if k not in ("pde", "axes", "orders")}
+        context = {"pde": pde, "axes": axes_np, "uniform": uniform, "jitter": self.jitter,
+                   "settings": {**settings, "grid": shape}, "n1": n1,
+                   "source": np.asarray(f), "boundary_values": gvals}  # fmt: skip
+        return Prepared(problem, context)
+
+    def stages(self, prepared: Prepared):
+        import dataclasses
+
+        problem, ctx = prepared.problem, prepared.context
+        common = dict(chunk_size=self.steps_per_chunk, guard=("loss",),
+                      progress_fields=("loss", "res_rms"), hint=_HINT)  # fmt: skip
+        res = yield Stage("mixture", gphm_init, gphm_step, problem, ctx["n1"], **common)
+        params = res.state.params
+        problems = [problem]
+        if ctx["settings"]["extra_gp_fraction"] is None and self.lbfgs_steps:
+            p = dataclasses.replace(problem, start=params)
+            res = yield Stage("lbfgs", gphm_lbfgs_init, gphm_lbfgs_step, p, self.lbfgs_steps,
+                              **common)  # fmt: skip
+            params = res.state[0]
+            problems[0] = p
+        ctx["stages"] = [(params, self.kernel)]
+        if ctx["settings"]["extra_gp_fraction"] is not None:
+            E, _ = gphm_operators(_kernels(params, self.kernel), problem.axes, problem.orders,
+                                  self.jitter, problem.uniform)  # fmt: skip
+            base = jax.lax.stop_gradient(_fields(params["V"], E, problem.orders, None))
+            n2 = self.num_steps - ctx["n1"]
+            p2 = dataclasses.replace(
+                problem, start=extra_params(params["V"].shape, params, jnp.float64), base=base,
+                family="stm", decay_steps=jnp.asarray(max(n2, 1), jnp.float64),
+            )  # fmt: skip
+            extra = p2.start
+            if n2 > 0:
+                res = yield Stage("extra", gphm_init, gphm_step, p2, n2, **common)
+                extra = res.state.params
+            if self.lbfgs_steps:
+                p2 = dataclasses.replace(p2, start=extra)
+                res = yield Stage("extra-lbfgs", gphm_lbfgs_init, gphm_lbfgs_step, p2,
+                                  self.lbfgs_steps, **common)  # fmt: skip
+                extra = res.state[0]
+            ctx["stages"].append((extra, "stm"))
+            problems.append(p2)
+        ctx["problem"] = problems[-1]
+
+    def posterior(self, results, prepared: Prepared) -> GPHMPosterior:
+        ctx = prepared.context
+        problem = ctx["problem"]
+        last = ctx["stages"][-1][0]
+        final_loss, parts = _loss_at(last, problem)
+        M = int(np.prod(ctx["settings"]["grid"]))
+        stages = [(jax.tree.map(np.asarray, p), fam) for p, fam in ctx["stages"]]
+        kernel_params = {k: v for k, v in last.items() if k != "V"}
+        S, key = self.num_samples, ctx["posterior_key"]
+
+        def draws():
+            v = _draws(key, S, last, problem)
+            return {"V": np.asarray(v)[None]}
+
+        d = len(ctx["axes"])
+        names = [f"x_{j}" for j in range(d)]
+        dims = {"V": names, "u": names, "pde": names, "boundary": ["boundary_node"]}
+        coords = {n: a for n, a in zip(names, ctx["axes"], strict=True)}
+        coords["boundary_node"] = np.arange(ctx["boundary_values"].size)
+        kwargs = dict(kernel_params=kernel_params, family=problem.family,
+                      boundary_weight=problem.boundary_weight, jitter=problem.jitter,
+                      base=problem.base, uniform=problem.uniform)  # fmt: skip
+        args = (problem.axes, problem.operator, problem.orders, problem.source,
+                problem.boundary_values)  # fmt: skip
+        return GPHMPosterior(
+            draws if S else {}, estimator=self, args=args, kwargs=kwargs, results=results,
+            context=ctx, num_draws=S or None,
+            observed={"pde": ctx["source"], "boundary": ctx["boundary_values"]},
+            dims=dims, coords=coords, method=f"gphm-{self.kernel}-map-laplace",
+            extra={
+                "loss": np.concatenate([np.asarray(r.history["loss"]) for r in results]),
+                "final_loss": float(final_loss),
+                "residual_rms": float(np.sqrt(parts["residual_sse"] / M)),
+                "boundary_rms": float(np.sqrt(parts["boundary_sse"]
+                                              / ctx["boundary_values"].size)),
+                "stages": stages,
+                "kernel_params": jax.tree.map(np.asarray, kernel_params),
+            },
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the PDE's data on the grid
+
+
+def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
+    g = pde.boundary
+    if callable(g):
+        vals = np.asarray(g(jnp.asarray(pts, jnp.float64)), np.float64)
+        what = "`pde.boundary` must return one value per boundary point"
+    else:
+        vals = np.asarray(g, np.float64)
+        what = "`pde.boundary` (an array) must hold one value per boundary node of the grid"
+    if vals.shape != (pts.shape[0],):
+        raise ValueError(f"{what}, shape ({pts.shape[0]},); got shape {vals.shape}.")
+    if not np.all(np.isfinite(vals)):
+        raise ValueError("`pde.boundary` has NaN or infinite values.")
+    return vals
+
+
+def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
+    if pde.source is None:
+        return jnp.zeros(shape, x.dtype)
+    f = jnp.asarray(pde.source(x), x.dtype)
+    if f.shape != shape:
+        raise ValueError(
+            f"`pde.source` must return f on the grid points, shape {shape}; got {f.shape}."
+        )
+    if not bool(jnp.all(jnp.isfinite(f))):
+        raise ValueError("`pde.source` returned NaN or infinite values on the grid.")
+    return f
+
+
+def _check_operator(pde: PDE, orders, shape, x: jax.Array) -> None:
+    probe = {idx: jax.ShapeDtypeStruct(shape, x.dtype) for idx in orders}
+    u = jax.ShapeDtypeStruct(shape, x.dtype)
+    try:
+        out = jax.eval_shape(pde.operator, u, probe, x)
+    except KeyError as e:
+        raise ValueError(
+            f"`pde.operator` read derivs[{e.args[0]!r}], which is not in `pde.derivatives` "
+            f"{list(orders)}."
+        ) from None
+    if getattr(out, "shape", None) != shape:
+        raise ValueError(
+            f"`pde.operator` must return L[u] on the grid, shape {shape}; got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )

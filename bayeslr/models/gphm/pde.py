@@ -1,0 +1,190 @@
+r"""The PDE specification GP-HM solves, and the checks of a user's PDE and grid (every check
+runs before anything compiles)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bayeslr._validation import check_int
+
+__all__ = ["PDE", "boundary_mask"]
+
+MultiIndex = tuple[int, ...]
+
+
+# the PDE specification
+
+
+@dataclasses.dataclass(frozen=True)
+class PDE:
+    r"""A PDE :math:`\mathcal L[u](x) = f(x)` on a box with Dirichlet data :math:`u = g` on its
+    faces, as the solver needs it.
+
+    Args:
+        operator: ``operator(u, derivs, x) -> L[u]`` on the grid: ``u`` the grid values, shape
+            ``(M_1, ..., M_d)``; ``derivs[r]`` the derivative :math:`\partial^{r_1}_{x_1}\cdots
+            \partial^{r_d}_{x_d}u` on the grid (same shape) for each multi-index ``r`` in
+            ``derivatives``; ``x`` the grid points ``(M_1, ..., M_d, d)``. Linear or nonlinear,
+            JAX-traceable, e.g. Allen–Cahn ``lambda u, d, x: d[(2,)] + u * (u**2 - 1)``.
+        derivatives: the multi-indices ``r`` (one order per axis) the operator reads, e.g.
+            ``((2, 0), (0, 2))`` for the 2-D Laplacian, ``((1, 0), (0, 1))`` for advection.
+        domain: ``((lo_1, hi_1), ..., (lo_d, hi_d))``.
+        boundary: the Dirichlet data: a callable ``g(x)`` taking boundary points ``(n, d)`` and
+            returning ``(n,)``, or an array of the values at the grid's boundary nodes (in C
+            order of the grid, each node once; see :meth:`GPSolver.boundary_points`).
+        source: :math:`f(x)`, a callable on points ``(..., d)`` returning ``(...)``; ``None``
+            for :math:`f = 0`. It is evaluated once on the grid, not at every step.
+        name: a label for progress bars and tables.
+        defaults: solver settings this PDE suggests where the :class:`GPSolver` leaves them
+            unset (keys ``grid``, ``freq_scale``, ``boundary_weight``, ``extra_gp_fraction``);
+            the built-in problems carry the reference runs' settings.
+
+    Example (Helmholtz :math:`u'' + k^2 u = 0` on :math:`[0, 1]` with :math:`u = \sin kx`)::
+
+        pde = PDE(operator=lambda u, d, x: d[(2,)] + 30.0**2 * u, derivatives=((2,),),
+                  domain=((0.0, 1.0),), boundary=lambda x: jnp.sin(30.0 * x[:, 0]))
+    """
+
+    operator: Callable
+    derivatives: tuple[MultiIndex, ...]
+    domain: tuple[tuple[float, float], ...]
+    boundary: Any
+    source: Callable | None = None
+    name: str = "pde"
+    defaults: dict | None = dataclasses.field(default=None, compare=False, hash=False)
+
+    @classmethod
+    def from_problem(cls, problem: Any) -> PDE:
+        """The spec of a :class:`bayeslr.datasets.pdes.PDEProblem` (its operator, autodiff source,
+        and the exact solution as boundary data)."""
+        return cls(
+            operator=_ProblemOperator(problem),
+            derivatives=tuple(problem.derivatives),
+            domain=tuple(problem.domain),
+            boundary=problem.exact,
+            source=problem.source,
+            name=problem.name,
+            defaults={"grid": problem.grid_size, "freq_scale": problem.freq_scale,
+                      "boundary_weight": problem.boundary_weight,
+                      "extra_gp_fraction": problem.extra_gp_fraction},
+        )
+
+
+class _ProblemOperator:
+    """A built-in problem's operator as a callable that compares equal for the same problem, so
+    two fits of one problem share the compiled step (a fresh lambda per fit would not)."""
+
+    def __init__(self, problem: Any):
+        self.problem = problem
+        self._key = (problem.name, problem.operator_name, problem.dim, problem.beta)
+
+    def __call__(self, u, derivs, x):
+        return self.problem.apply_operator(u, derivs)
+
+    def __eq__(self, other):
+        return isinstance(other, _ProblemOperator) and other._key == self._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+
+def _as_pde(pde: Any) -> PDE:
+    from bayeslr.datasets.pdes import PDEProblem
+
+    if isinstance(pde, PDEProblem):
+        return PDE.from_problem(pde)
+    if isinstance(pde, str):
+        from bayeslr.datasets.pdes import pde_problem
+
+        return PDE.from_problem(pde_problem(pde))
+    if not isinstance(pde, PDE):
+        raise TypeError(
+            "`pde` must be a bayeslr.models.gphm.PDE, a bayeslr.datasets.PDEProblem or the name "
+            f"of one (bayeslr.datasets.list_pde_problems()); got {type(pde).__name__}."
+        )
+    if not callable(pde.operator):
+        raise TypeError(f"`pde.operator` must be callable; got {type(pde.operator).__name__}.")
+    if pde.source is not None and not callable(pde.source):
+        raise TypeError(f"`pde.source` must be callable or None; got {type(pde.source).__name__}.")
+    return pde
+
+
+def _check_domain(domain: Any) -> tuple[tuple[float, float], ...]:
+    try:
+        dom = tuple((float(lo), float(hi)) for lo, hi in domain)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`pde.domain` must be a sequence of (lo, hi) pairs, one per axis; got {domain!r}."
+        ) from None
+    if not dom or any(not (np.isfinite(lo) and np.isfinite(hi) and hi > lo) for lo, hi in dom):
+        raise ValueError(f"`pde.domain` must be finite (lo, hi) pairs with hi > lo; got {dom}.")
+    return dom
+
+
+def _check_derivatives(derivatives: Any, d: int) -> tuple[MultiIndex, ...]:
+    out = []
+    for idx in derivatives:
+        r = tuple(int(v) for v in np.atleast_1d(idx))
+        if len(r) != d or any(v < 0 for v in r) or sum(r) == 0:
+            raise ValueError(
+                f"`pde.derivatives` must hold multi-indices of length {d} (one order per axis, "
+                f"orders >= 0, not all zero); got {idx!r}."
+            )
+        if max(r) > 2:
+            raise ValueError(
+                f"`pde.derivatives`: orders above 2 per axis are not supported (the Matérn-5/2 "
+                f"part of the kernel gives cross-covariances up to order 2 in one argument "
+                f"without losing smoothness); got {r}."
+            )
+        out.append(r)
+    if not out:
+        raise ValueError("`pde.derivatives` is empty; the operator must read some derivative.")
+    return tuple(dict.fromkeys(out))
+
+
+def _build_grid(grid: Any, domain) -> tuple[np.ndarray, ...]:
+    d = len(domain)
+    if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
+        grid = (int(grid),) * d
+    if not isinstance(grid, (Sequence, np.ndarray)) or len(grid) != d:
+        raise ValueError(
+            f"`grid` must be an int, {d} ints (points per axis) or {d} 1-D coordinate arrays "
+            f"for a {d}-D domain; got {grid!r}."
+        )
+    axes = []
+    for j, (g, (lo, hi)) in enumerate(zip(grid, domain, strict=True)):
+        if isinstance(g, (int, np.integer)) and not isinstance(g, bool):
+            axes.append(np.linspace(lo, hi, check_int(f"grid[{j}]", g, minimum=2)))
+            continue
+        a = np.asarray(g, np.float64)
+        if a.ndim != 1 or a.size < 2 or not np.all(np.isfinite(a)) or np.any(np.diff(a) <= 0):
+            raise ValueError(
+                f"`grid[{j}]` must be a strictly increasing finite 1-D array of >= 2 points; "
+                f"got shape {a.shape}."
+            )
+        tol = 1e-9 * (hi - lo)
+        if abs(a[0] - lo) > tol or abs(a[-1] - hi) > tol:
+            raise ValueError(
+                f"`grid[{j}]` must cover the domain axis [{lo:g}, {hi:g}] with its end points "
+                f"(the boundary data live there); got [{a[0]:g}, {a[-1]:g}]."
+            )
+        axes.append(a)
+    return tuple(axes)
+
+
+def boundary_mask(shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask of the boundary nodes of a grid of ``shape`` (each node once)."""
+    mask = np.zeros(shape, bool)
+    for j in range(len(shape)):
+        sl = [slice(None)] * len(shape)
+        for end in (0, shape[j] - 1):
+            sl[j] = end
+            mask[tuple(sl)] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
