@@ -94,12 +94,37 @@ class Job:
 
 
 @dataclass
+class JobData:
+    """What a model's reader makes of a job's ``[data]``: the arguments of the estimator's
+    ``fit``, the held-out data for ``post.score`` (``None`` where a model has none), and the
+    model's own metrics and figures of the fitted posterior."""
+
+    fit: tuple
+    evaluate: Callable[[Any], tuple[dict, dict]]  # posterior -> (metrics, {name: figure})
+    test: tuple | None = None
+    fit_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
 class ModelEntry:
     cls: Callable[[], type]  # lazy: importing a model imports JAX
     data_keys: dict  # key -> (type or tuple of types, required)
     check_data: Callable[[dict], list[str]]
-    run: Callable[[Job], tuple[Any, dict, dict]]  # -> (posterior, metrics, {name: figure})
+    read: Callable[[Job], JobData]
     seeded: str | None = "seed"  # the constructor keyword that takes job.seed
+
+
+def _run_model(job: Job) -> tuple[Any, dict, dict]:
+    """The one runner: read the data, ``fit``, the model's metrics, and ``test_lpd`` (the
+    held-out log predictive density ``post.score``, nats) where the model has held-out data."""
+    entry = MODELS[job.model]
+    data = entry.read(job)
+    post = _construct(job.model, entry, job.data, job.model_kwargs).fit(*data.fit,
+                                                                         **data.fit_kwargs)
+    metrics, figs = data.evaluate(post)
+    if data.test is not None:
+        metrics["test_lpd"] = float(post.score(*data.test))
+    return post, metrics, figs
 
 
 def _choices(key: str, value, allowed) -> list[str]:
@@ -125,21 +150,22 @@ def _ssvi_check(d):
     return _choices("loader", d.get("loader"), BNN_DATASETS)
 
 
-def _ssvi_run(job: Job):
+def _ssvi_read(job: Job) -> JobData:
     from bayeslr.datasets import load_bnn_dataset
+
+    d = load_bnn_dataset(job.data["loader"], float(job.data.get("test_size", 0.2)), job.seed)
+    return JobData(fit=(d.x_train, d.y_train), test=(d.x_test, d.y_test),
+                   evaluate=lambda post: _ssvi_evaluate(post, d))  # fmt: skip
+
+
+def _ssvi_evaluate(post, d):
     from bayeslr.metrics import (
         accuracy,
         categorical_nll,
         debiased_calibration_error,
         expected_calibration_error,
     )
-    from bayeslr.models import SSVI
 
-    d = load_bnn_dataset(job.data["loader"], float(job.data.get("test_size", 0.2)), job.seed)
-    kw = dict(job.model_kwargs)
-    if d.task == "regression":
-        kw.setdefault("task", "regression")
-    post = SSVI(**kw).fit(d.x_train, d.y_train)
     pred = post.predict_summary(d.x_test)
     figs = {}
     if d.task == "classification":
@@ -154,7 +180,7 @@ def _ssvi_run(job: Job):
                    "nlpd": float(-np.mean(_normal_logpdf(d.y_test, pred["mean"], pred["sd"])))}
         figs["predicted_vs_true"] = lambda ax: _scatter(ax, d.y_test, pred["mean"], pred["sd"])
     metrics.update(density=post.density, train_flops=post.extra["flops"]["total"])
-    return post, metrics, figs
+    return metrics, figs
 
 
 # ---- Mult-VAE
@@ -166,10 +192,8 @@ def _multvae_check(d):
     return _path_or_loader(d, MULTVAE_LOADERS)
 
 
-def _multvae_run(job: Job):
+def _multvae_read(job: Job) -> JobData:
     from bayeslr import datasets as ds
-    from bayeslr.metrics import ndcg_at_k, recall_at_k
-    from bayeslr.models import MultVAE
 
     if "path" in job.data:
         ratings = ds.load_movielens_ratings(Path(job.data["path"]).expanduser())
@@ -179,7 +203,14 @@ def _multvae_run(job: Job):
     clicks = ds.binarize(ratings, min_rating=float(job.data.get("min_rating", 4.0)))
     s = ds.strong_generalization_split(clicks, int(job.data.get("n_val", 100)),
                                        int(job.data.get("n_test", 100)), seed=job.seed)  # fmt: skip
-    post = MultVAE(**job.model_kwargs).fit(s.train, validation=(s.val_in, s.val_out))
+    return JobData(fit=(s.train,), fit_kwargs={"validation": (s.val_in, s.val_out)},
+                   test=(s.test_in, s.test_out),
+                   evaluate=lambda post: _multvae_evaluate(post, s))  # fmt: skip
+
+
+def _multvae_evaluate(post, s):
+    from bayeslr.metrics import ndcg_at_k, recall_at_k
+
     scores = post.scores(s.test_in)
     kw = dict(exclude=s.test_in)
     metrics = {"ndcg100": ndcg_at_k(scores, s.test_out, 100, **kw),
@@ -189,7 +220,7 @@ def _multvae_run(job: Job):
     val = post.extra["val_ndcg"]
     figs = {"val_ndcg": lambda ax: (ax.plot(np.arange(1, len(val) + 1), val),
                                     ax.set(xlabel="epoch", ylabel="validation NDCG@100"))}
-    return post, metrics, figs
+    return metrics, figs
 
 
 # ---- GP-HM
@@ -201,11 +232,15 @@ def _gphm_check(d):
     return _choices("problem", d.get("problem"), list_pde_problems())
 
 
-def _gphm_run(job: Job):
+def _gphm_read(job: Job) -> JobData:
     from bayeslr.datasets import pde_problem
 
     problem = pde_problem(job.data["problem"])
-    post = _construct("gphm", MODELS["gphm"], job.data, job.model_kwargs).fit(problem)
+    # a PDE solve has no held-out observations: no test_lpd
+    return JobData(fit=(problem,), evaluate=lambda post: _gphm_evaluate(post, problem))
+
+
+def _gphm_evaluate(post, problem):
     xt, ut = (np.asarray(a) for a in problem.test_points())
     u_hat = post.solution(xt)
     metrics = {"rel_l2": float(np.linalg.norm(u_hat - ut) / np.linalg.norm(ut)),
@@ -224,7 +259,7 @@ def _gphm_run(job: Job):
             ax.figure.colorbar(im, ax=ax, label="|error|")
         ax.set_title(problem.name)
 
-    return post, metrics, {"solution": solution}
+    return metrics, {"solution": solution}
 
 
 # ---- KroSBL
@@ -237,14 +272,26 @@ def _krosbl_check(d):
     return _choices("generator", d.get("generator"), ("kronecker-sparse",))
 
 
-def _krosbl_run(job: Job):
+def _krosbl_read(job: Job) -> JobData:
     from bayeslr.datasets import kronecker_sparse_problem
-    from bayeslr.metrics import nmse, support_recovery_rate
-    from bayeslr.models import KroneckerSBL
 
     kw = {k: job.data[k] for k in ("n", "m", "k", "snr_db") if k in job.data}
     prob = kronecker_sparse_problem(job.seed, **kw)
-    post = KroneckerSBL(**job.model_kwargs).fit(prob.y, prob.factors)
+    # held out: a second measurement of the same x with a new noise draw
+    from bayeslr.linalg.kron import kron_mv
+
+    factors = [np.asarray(f) for f in prob.factors]
+    x = np.asarray(prob.x).reshape([f.shape[1] for f in factors])
+    clean = np.asarray(kron_mv(factors, x)).reshape(-1)
+    rng = np.random.default_rng([job.seed, 1])
+    test = (clean + np.sqrt(float(prob.sigma2)) * rng.standard_normal(clean.shape),)
+    return JobData(fit=(prob.y, prob.factors), test=test,
+                   evaluate=lambda post: _krosbl_evaluate(post, prob))  # fmt: skip
+
+
+def _krosbl_evaluate(post, prob):
+    from bayeslr.metrics import nmse, support_recovery_rate
+
     mean, support = np.asarray(post.extra["mean"]), np.asarray(post.extra["support"])
     metrics = {"nmse": nmse(mean, np.asarray(prob.x)),
                "support_recovery": support_recovery_rate(support, np.asarray(prob.support)),
@@ -258,7 +305,7 @@ def _krosbl_run(job: Job):
         ax.set(xlabel="coefficient", ylabel="x")
         ax.legend()
 
-    return post, metrics, {"support": support_plot}
+    return metrics, {"support": support_plot}
 
 
 # ---- FunBaT
@@ -273,7 +320,7 @@ def _funbat_check(d):
     return probs
 
 
-def _funbat_run(job: Job):
+def _funbat_read(job: Job) -> JobData:
     import pandas as pd
 
     from bayeslr import datasets as ds
@@ -288,13 +335,16 @@ def _funbat_run(job: Job):
         value = "value"
         coords = [c for c in df.columns if c != value]
     train, test = ds.split_entries(df, float(job.data.get("test_frac", 0.2)), seed=job.seed)
-    post = _construct("funbat", MODELS["funbat"], job.data, job.model_kwargs).fit(
-        train, coords, value)
+    return JobData(fit=(train, coords, value), test=(test,),
+                   evaluate=lambda post: _funbat_evaluate(post, test, value))  # fmt: skip
+
+
+def _funbat_evaluate(post, test, value):
     pred = np.asarray(post.moments(test)["mean"])
     err = pred - test[value].to_numpy()
     metrics = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
     figs = {"predicted_vs_true": lambda ax: _scatter(ax, test[value].to_numpy(), pred, None)}
-    return post, metrics, figs
+    return metrics, figs
 
 
 def _kernel(spec: dict):
@@ -310,18 +360,18 @@ def _kernel(spec: dict):
 
 MODELS: dict[str, ModelEntry] = {
     "ssvi": ModelEntry(lambda: _import("SSVI"), {"loader": (str, True),
-                       "test_size": (float, False)}, _ssvi_check, _ssvi_run),
+                       "test_size": (float, False)}, _ssvi_check, _ssvi_read),
     "multvae": ModelEntry(lambda: _import("MultVAE"), {
         "loader": (str, False), "path": (str, False), "n_val": (int, False),
         "n_test": (int, False), "min_rating": ((int, float), False)},
-        _multvae_check, _multvae_run),
+        _multvae_check, _multvae_read),
     "gphm": ModelEntry(lambda: _import("GPSolver"), {"problem": (str, True)}, _gphm_check,
-                       _gphm_run, seeded=None),
+                       _gphm_read, seeded=None),
     "krosbl": ModelEntry(lambda: _import("KroneckerSBL"), KROSBL_DATA, _krosbl_check,
-                         _krosbl_run),
+                         _krosbl_read),
     "funbat": ModelEntry(lambda: _import("FunBaT"), {
         "loader": (str, False), "path": (str, False), "coords": (list, False),
-        "value": (str, False), "test_frac": (float, False)}, _funbat_check, _funbat_run,
+        "value": (str, False), "test_frac": (float, False)}, _funbat_check, _funbat_read,
         seeded=None),
 }
 
@@ -566,7 +616,7 @@ def run_job(job: Job | dict, out: str | os.PathLike, force: bool = False,
         if "progress_bar" in inspect.signature(MODELS[job.model].cls().__init__).parameters:
             job.model_kwargs.setdefault("progress_bar", progress)
         with _captured_warnings(log):
-            post, metrics, figs = MODELS[job.model].run(job)
+            post, metrics, figs = _run_model(job)
         metrics = _jsonable(metrics)
         log.info("metrics %s", metrics)
         if job.output.get("netcdf", True):

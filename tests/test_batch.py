@@ -6,6 +6,7 @@ import os
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -112,6 +113,9 @@ def test_end_to_end_resume_and_interrupted(tmp_path):
         assert "posterior" in tree.children
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["job"]["id"] == jid and metrics["metrics"]
+        # the one runner adds the held-out log predictive density (post.score) to every model
+        # that has held-out data
+        assert np.isfinite(metrics["metrics"]["test_lpd"])
         assert (d / "job.log").read_text().count("done in") == 1
         assert list(d.glob("*.png"))
         assert not list(d.glob(".*.tmp"))
