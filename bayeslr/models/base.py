@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -139,11 +140,14 @@ class Estimator:
 
     # ---- the one fit --------------------------------------------------------------------
 
-    def fit(self, *data, checkpoint=None, callback=None, **kwargs) -> ModelPosterior:
+    def fit(self, *data: Any, checkpoint: str | os.PathLike | None = None,
+            callback: Callable[[loop.LoopStatus], None] | None = None,
+            **kwargs: Any) -> ModelPosterior:  # fmt: skip
         """Fit the model to ``data`` (the arguments of :meth:`prepare`) and return its posterior.
 
         Args:
-            *data, **kwargs: the model's data (see its ``prepare``).
+            *data: the model's data (see its ``prepare``).
+            **kwargs: keyword data of the model's ``prepare``.
             checkpoint: a file path: the training state is written there (atomically, NumPy
                 ``.npz``) as the fit goes, and a later ``fit`` with the same path and data
                 resumes from it and ends where an uninterrupted fit would. A fit with several
@@ -284,15 +288,17 @@ class ModelPosterior(Posterior):
 
     # ---- the contract -------------------------------------------------------------------
 
-    def predict(self, *data, rng_key=None, return_sites: Sequence[str] | None = None,
-                group_by_chain: bool = False, **kw) -> dict[str, np.ndarray]:  # fmt: skip
+    def predict(self, *data: Any, rng_key: int | jax.Array | None = None,
+                return_sites: Sequence[str] | None = None, group_by_chain: bool = False,
+                **kw: Any) -> dict[str, np.ndarray]:  # fmt: skip
         r"""Posterior predictive draws :math:`\tilde y^{(s)} \sim p(\tilde y \mid \theta^{(s)},
         \tilde x)` of the model's observed sites, at the training inputs (no ``data``) or at
         new ones (the model's own data format; see its ``model_inputs``).
 
         Args:
-            *data, **kw: new inputs, in the format the model's ``fit`` takes (without the
-                values to predict).
+            *data: new inputs, in the format the model's ``fit`` takes (without the values to
+                predict).
+            **kw: keyword inputs of the model's ``model_inputs``.
             rng_key: int seed or key (default 0).
             return_sites: sites to return (default: the observed sites).
             group_by_chain: keep ``(chain, draw)`` instead of one ``draw`` axis.
@@ -332,7 +338,8 @@ class ModelPosterior(Posterior):
         with _precision(self.estimator):
             return _log_likelihood(self.model, samples, self.args, self.kwargs)
 
-    def score(self, *test_data, pointwise: bool = False, **kw):
+    def score(self, *test_data: Any, pointwise: bool = False,
+              **kw: Any) -> float | dict[str, np.ndarray]:  # fmt: skip
         r"""Held-out log predictive density of test data,
 
         .. math::
@@ -343,7 +350,8 @@ class ModelPosterior(Posterior):
         fit never saw; ``az.loo`` on :meth:`to_arviz` estimates the same for the training data.
 
         Args:
-            *test_data, **kw: the test data, in the format of the model's ``fit``.
+            *test_data: the test data, in the format of the model's ``fit``.
+            **kw: keyword inputs of the model's ``model_inputs``.
             pointwise: return ``{site: (n_i,)}`` per observation instead of the total.
 
         Returns:

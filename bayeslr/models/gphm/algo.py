@@ -109,8 +109,9 @@ def _is_uniform(x) -> bool:
     return bool(a.size > 2 and np.allclose(dx, dx[0], rtol=1e-10, atol=0.0))
 
 
-def gphm_operators(kernels: Sequence, axes: Sequence[jax.Array], orders, jitter: float = 1e-6,
-                   uniform: Sequence[bool] | None = None):
+def gphm_operators(kernels: Sequence, axes: Sequence[jax.Array], orders: Sequence[MultiIndex],
+                   jitter: float = 1e-6, uniform: Sequence[bool] | None = None,
+                   ) -> tuple[list[dict[int, jax.Array]], list[jax.Array]]:  # fmt: skip
     r"""Per-axis factors of the whitened GP-HM operators.
 
     For each axis :math:`j`: :math:`K_j = k_j(x_j, x_j) + \epsilon k_j(0) I = L_j L_j^\top`,
