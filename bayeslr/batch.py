@@ -415,7 +415,9 @@ def _construct(model: str, entry: ModelEntry, data: dict, kwargs: dict):
     cls = entry.cls()
     if model == "gphm":
         solver = cls(**kwargs)
-        solver.settings(data["problem"])  # the grid and frequencies against the problem
+        from bayeslr.datasets import pde_problem
+
+        solver.settings(pde_problem(data["problem"]))  # the grid and frequencies, checked
         return solver
     if model == "funbat" and isinstance(kwargs.get("kernel"), dict):
         kwargs = {**kwargs, "kernel": _kernel(kwargs["kernel"])}

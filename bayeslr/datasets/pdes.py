@@ -207,6 +207,14 @@ class PDEProblem:
             out[alpha] = jax.vmap(lambda p, d=d: d(*p))(flat).reshape(x.shape[:-1])
         return out
 
+    def to_pde(self):
+        """This problem as the :class:`bayeslr.models.PDE` that :class:`~bayeslr.models.GPSolver`
+        solves: its operator, source and exact solution as boundary data, with the reference
+        runs' grid, :math:`F`, :math:`\\lambda_b` and extra-GP fraction as ``defaults``."""
+        from bayeslr.models.gphm import PDE
+
+        return PDE.from_problem(self)
+
     def source(self, x) -> jax.Array:
         r"""The manufactured source :math:`f(x) = L[u^\star](x)` by automatic differentiation.
 

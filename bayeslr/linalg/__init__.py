@@ -15,6 +15,9 @@ Use this layer when a covariance has structure that dense algebra throws away:
 * :mod:`bayeslr.linalg.psd` — one jitter rule (:func:`default_jitter`, :math:`\sqrt{\epsilon}` of
   the dtype) and one guarded Cholesky (:func:`psd_cholesky`) for every positive definite matrix.
 * :mod:`bayeslr.linalg.nnls` — jittable non-negative least squares (Lawson–Hanson).
+* :mod:`bayeslr.linalg.toeplitz` — Toeplitz matrices from their lags (stationary Grams on
+  equally spaced points); :mod:`bayeslr.linalg.cg` — CG that probes whether a preconditioner
+  helps before committing to it.
 * :mod:`bayeslr.linalg.operators` — the operator protocol (``matvec``, ``solve``, ``logdet``,
   ``diag``, ``sqrt_matvec``/``sample``, ``to_dense``) with dense, Kronecker,
   Kronecker-plus-diagonal and state-space (Gauss–Markov GP) implementations. Models hold an

@@ -244,13 +244,15 @@ def test_lbfgs_lowers_the_adam_loss(x64):
 
 def test_problem_names_and_to_arviz():
     solver = GPSolver(**QUIET)
-    s = solver.settings("poisson2d_sin100")
+    s = solver.settings(pde_problem("poisson2d_sin100"))
     assert [a.size for a in s["axes"]] == [400, 400]
     assert s["freq_scale"] == 20.0 and s["boundary_weight"] == 200.0
-    assert solver.boundary_points("poisson2d_sin100").shape == (4 * 400 - 4, 2)
-    adv = GPSolver(grid=(20, 10), extra_gp_fraction="problem", **QUIET).settings("advection")
+    assert solver.boundary_points(pde_problem("poisson2d_sin100")).shape == (4 * 400 - 4, 2)
+    adv = GPSolver(grid=(20, 10), extra_gp_fraction="problem", **QUIET).settings(
+        pde_problem("advection"))
     assert adv["boundary_weight"] == 500.0 and adv["extra_gp_fraction"] is None
-    ms = GPSolver(extra_gp_fraction="problem", **QUIET).settings("poisson1d_multiscale")
+    ms = GPSolver(extra_gp_fraction="problem", **QUIET).settings(
+        pde_problem("poisson1d_multiscale"))
     assert ms["extra_gp_fraction"] == 0.5
     post = _low_frequency_fit()
     idata = post.to_arviz()
@@ -304,8 +306,9 @@ def test_errors_name_the_argument():
         GPSolver().fit(bad_deriv)
     with pytest.raises(ValueError, match=r"`pde.domain` must be finite"):
         GPSolver().fit(PDE(pde.operator, ((2,),), ((1.0, 0.0),), pde.boundary))
-    with pytest.raises(ValueError, match=r"`name` must be one of"):
-        GPSolver().fit("poisson9d")
+    with pytest.raises(TypeError, match=r"not its name; for a built-in problem pass "
+                                        r"bayeslr\.datasets\.pde_problem\('poisson1d_sin100'\)"):
+        GPSolver().fit("poisson1d_sin100")
 
 
 @pytest.mark.parametrize(

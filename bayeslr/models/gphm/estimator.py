@@ -180,9 +180,10 @@ class GPSolver(Estimator):
         post = GPSolver(grid=200, freq_scale=5.0, num_steps=4000).fit(pde)
         post.solution(np.linspace(0, 2 * np.pi, 300))
 
-    The eleven problems of the paper are ready-made: ``GPSolver().fit("poisson1d_sin100")``
-    (see :func:`bayeslr.datasets.list_pde_problems`) takes the grid, :math:`F`,
-    :math:`\lambda_b` and the extra-GP fraction from the problem where they are left unset.
+    The eleven problems of the paper are ready-made:
+    ``GPSolver().fit(pde_problem("poisson1d_sin100"))`` (see
+    :func:`bayeslr.datasets.list_pde_problems`) takes the grid, :math:`F`, :math:`\lambda_b`
+    and the extra-GP fraction from the problem where they are left unset.
 
     Args:
         grid: points per axis (int, or one int per axis; uniform, endpoints included), or 1-D

@@ -93,18 +93,17 @@ class _ProblemOperator:
 
 
 def _as_pde(pde: Any) -> PDE:
-    from bayeslr.datasets.pdes import PDEProblem
-
-    if isinstance(pde, PDEProblem):
-        return PDE.from_problem(pde)
+    if hasattr(pde, "to_pde") and not isinstance(pde, PDE):  # a bayeslr.datasets.PDEProblem
+        pde = pde.to_pde()
     if isinstance(pde, str):
-        from bayeslr.datasets.pdes import pde_problem
-
-        return PDE.from_problem(pde_problem(pde))
+        raise TypeError(
+            f"`pde` must be a PDE or a PDE problem object, not its name; for a built-in problem "
+            f"pass bayeslr.datasets.pde_problem({pde!r})."
+        )
     if not isinstance(pde, PDE):
         raise TypeError(
-            "`pde` must be a bayeslr.models.gphm.PDE, a bayeslr.datasets.PDEProblem or the name "
-            f"of one (bayeslr.datasets.list_pde_problems()); got {type(pde).__name__}."
+            "`pde` must be a bayeslr.models.gphm.PDE or a bayeslr.datasets.PDEProblem "
+            f"(bayeslr.datasets.pde_problem(name)); got {type(pde).__name__}."
         )
     if not callable(pde.operator):
         raise TypeError(f"`pde.operator` must be callable; got {type(pde.operator).__name__}.")
