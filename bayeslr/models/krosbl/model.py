@@ -105,25 +105,10 @@ def krosbl_model(
         raise ValueError(f"`hyperprior` must be one of {HYPERPRIORS}; got {hyperprior!r}.")
     if not (isinstance(log_scale, (int, float)) and np.isfinite(log_scale) and log_scale > 0):
         raise ValueError(f"`log_scale` must be a finite positive float; got {log_scale!r}.")
-    fixed = gammas is not None or gamma is not None
     if gammas is not None and gamma is not None:
         raise ValueError("give `gammas` (Kronecker factors) or `gamma` (unstructured), not both.")
-    if not isinstance(factors, Sequence) or isinstance(factors, str):
-        raise TypeError(f"`factors` must be a sequence of 2-D dictionaries; got {factors!r}.")
-    if y is None:
-        if not fixed:
-            raise ValueError("`y=None` (drawing y) needs fixed `gammas` or `gamma`.")
-        frames = None
-        lead = np.shape(gammas[0])[:-1] if gammas is not None else np.shape(gamma)[:-1]
-        frames = lead[0] if lead else None
-        m = int(np.prod([np.shape(a)[0] for a in factors]))
-        dtype = jnp.result_type(*factors, jnp.float32)
-        probe = jnp.zeros((m,) if frames is None else (frames, m), dtype)
-        _, factors, _ = _check_problem(probe, factors, 1.0)
-    else:
-        y, factors, batched = _check_problem(y, factors, 1.0 if noise is not None else None)
-        frames = y.shape[0] if batched else None
-        dtype = y.dtype
+    fixed = gammas is not None or gamma is not None
+    y, factors, frames, dtype = _resolve_data(y, factors, gammas, gamma, noise, fixed)
     complex_data = jnp.issubdtype(dtype, jnp.complexfloating)
     if complex_data and not fixed:
         raise ValueError(
@@ -136,43 +121,10 @@ def krosbl_model(
     ns = tuple(a.shape[1] for a in factors)
     n, m = int(np.prod(ns)), int(np.prod(ms))
     lead = () if frames is None else (frames,)
-    ev = len(lead)  # the frame axis is part of every latent site's event
-    if gammas is not None:
-        if len(gammas) != len(ns):
-            raise ValueError(f"`gammas` must hold {len(ns)} factors; got {len(gammas)}.")
-        for i, (g, k) in enumerate(zip(gammas, ns, strict=True)):
-            _check_fixed(f"gammas[{i}]", g, (k,), frames)
-        gs = [jnp.asarray(g, rdt) for g in gammas]
-        full = jax.vmap(kron_outer)(gs) if frames else kron_outer(gs)
-    elif gamma is not None:
-        _check_fixed("gamma", gamma, (n,), frames)
-        full = jnp.asarray(gamma, rdt).reshape(lead + ns)
+    if fixed:
+        full = _fixed_gamma(gammas, gamma, ns, frames, rdt)
     else:
-        yy = y.reshape(lead + (m,))
-        afro = jnp.prod(jnp.stack([jnp.sum(a**2) for a in factors]))
-        g0 = m * jnp.mean(yy**2, axis=-1) / afro  # (F,) or ()
-        gs = []
-        for i, k in enumerate(ns[:-1]):
-            if k == 1:
-                gs.append(jnp.ones(lead + (1,), rdt))
-                continue
-            basis = jnp.asarray(_sum_to_zero_basis(k), rdt)
-            u = numpyro.sample(f"u_{i}", dist.Normal(jnp.zeros(lead + (k - 1,), rdt),
-                                                     log_scale).to_event(1 + ev))  # fmt: skip
-            gs.append(jnp.exp(jnp.einsum("kj,...j->...k", basis, u, precision=_HI)))
-        k_last = ns[-1]
-        loc = jnp.broadcast_to(jnp.asarray(g0)[..., None], lead + (k_last,))
-        if hyperprior == "lognormal":
-            g_last = numpyro.sample(
-                "gamma_last", dist.LogNormal(jnp.log(loc), log_scale).to_event(1 + ev)
-            )
-        else:
-            lam = numpyro.sample("lam_last", dist.HalfCauchy(jnp.sqrt(loc)).to_event(1 + ev))
-            g_last = lam**2
-        gs.append(g_last)
-        for i, g in enumerate(gs):
-            numpyro.deterministic(f"gamma_{i}", g)
-        full = jax.vmap(kron_outer)(gs) if frames else kron_outer(gs)
+        full = _sampled_gamma(y, factors, ns, lead, rdt, hyperprior, log_scale)
     shape = lead + ns
     if complex_data:
         z = numpyro.sample("z", CircularComplexNormal(jnp.zeros(shape, dtype), 1.0).to_event(
@@ -181,15 +133,7 @@ def krosbl_model(
         z = numpyro.sample("z", dist.Normal(jnp.zeros(shape, rdt), 1.0).to_event(len(shape)))
     xg = jnp.sqrt(full).astype(dtype) * z
     numpyro.deterministic("x", xg.reshape(lead + (n,)))
-    if noise is None:
-        yy = y.reshape(lead + (m,))
-        scale = jnp.std(yy, axis=-1) + jnp.finfo(rdt).tiny
-        sigma = numpyro.sample("sigma", dist.HalfNormal(scale).to_event(ev))
-        var = sigma**2
-    else:
-        if not isinstance(noise, jax.core.Tracer) and not np.all(np.asarray(noise) > 0):
-            raise ValueError(f"`noise` must be a positive variance (or None); got {noise!r}.")
-        var = jnp.asarray(noise, rdt)
+    var = _noise_variance(y, noise, lead, m, rdt)
     var = jnp.reshape(var, np.shape(var) + (1,)) if frames and np.ndim(var) else var
     mean = (jax.vmap(lambda v: kron_mv(factors, v))(xg) if frames else kron_mv(factors, xg))
     mean = mean.reshape(lead + (m,))
@@ -199,6 +143,87 @@ def krosbl_model(
                 _observe(y, mean, var, complex_data)
         else:
             _observe(y, mean, var, complex_data)
+
+
+def _resolve_data(y, factors, gammas, gamma, noise, fixed):
+    """Checked ``(y, factors, frames, dtype)``; with ``y=None`` the shapes come from gamma."""
+    if not isinstance(factors, Sequence) or isinstance(factors, str):
+        raise TypeError(f"`factors` must be a sequence of 2-D dictionaries; got {factors!r}.")
+    if y is not None:
+        y, factors, batched = _check_problem(y, factors, 1.0 if noise is not None else None)
+        return y, factors, (y.shape[0] if batched else None), y.dtype
+    if not fixed:
+        raise ValueError("`y=None` (drawing y) needs fixed `gammas` or `gamma`.")
+    lead = np.shape(gammas[0])[:-1] if gammas is not None else np.shape(gamma)[:-1]
+    frames = lead[0] if lead else None
+    m = int(np.prod([np.shape(a)[0] for a in factors]))
+    dtype = jnp.result_type(*factors, jnp.float32)
+    probe = jnp.zeros((m,) if frames is None else (frames, m), dtype)
+    _, factors, _ = _check_problem(probe, factors, 1.0)
+    return None, factors, frames, dtype
+
+
+def _fixed_gamma(gammas, gamma, ns, frames, rdt):
+    """The full prior-variance tensor ``lead + ns`` from fixed ``gammas`` or ``gamma``."""
+    if gammas is not None:
+        if len(gammas) != len(ns):
+            raise ValueError(f"`gammas` must hold {len(ns)} factors; got {len(gammas)}.")
+        for i, (g, k) in enumerate(zip(gammas, ns, strict=True)):
+            _check_fixed(f"gammas[{i}]", g, (k,), frames)
+        gs = [jnp.asarray(g, rdt) for g in gammas]
+        return jax.vmap(kron_outer)(gs) if frames else kron_outer(gs)
+    n = int(np.prod(ns))
+    _check_fixed("gamma", gamma, (n,), frames)
+    lead = () if frames is None else (frames,)
+    return jnp.asarray(gamma, rdt).reshape(lead + ns)
+
+
+def _sampled_gamma(y, factors, ns, lead, rdt, hyperprior, log_scale):
+    """Full Bayes: sample the identifiable factors of gamma (see :func:`krosbl_model`)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    ev = len(lead)  # the frame axis is part of every latent site's event
+    m = int(np.prod([a.shape[0] for a in factors]))
+    yy = y.reshape(lead + (m,))
+    afro = jnp.prod(jnp.stack([jnp.sum(a**2) for a in factors]))
+    g0 = m * jnp.mean(yy**2, axis=-1) / afro  # (F,) or ()
+    gs = []
+    for i, k in enumerate(ns[:-1]):
+        if k == 1:
+            gs.append(jnp.ones(lead + (1,), rdt))
+            continue
+        basis = jnp.asarray(_sum_to_zero_basis(k), rdt)
+        u = numpyro.sample(f"u_{i}", dist.Normal(jnp.zeros(lead + (k - 1,), rdt),
+                                                 log_scale).to_event(1 + ev))  # fmt: skip
+        gs.append(jnp.exp(jnp.einsum("kj,...j->...k", basis, u, precision=_HI)))
+    loc = jnp.broadcast_to(jnp.asarray(g0)[..., None], lead + (ns[-1],))
+    if hyperprior == "lognormal":
+        g_last = numpyro.sample(
+            "gamma_last", dist.LogNormal(jnp.log(loc), log_scale).to_event(1 + ev)
+        )
+    else:
+        lam = numpyro.sample("lam_last", dist.HalfCauchy(jnp.sqrt(loc)).to_event(1 + ev))
+        g_last = lam**2
+    gs.append(g_last)
+    for i, g in enumerate(gs):
+        numpyro.deterministic(f"gamma_{i}", g)
+    return jax.vmap(kron_outer)(gs) if lead else kron_outer(gs)
+
+
+def _noise_variance(y, noise, lead, m, rdt):
+    """The noise variance: the fixed ``noise`` (checked) or ``sigma**2`` with sigma sampled."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    if noise is None:
+        yy = y.reshape(lead + (m,))
+        scale = jnp.std(yy, axis=-1) + jnp.finfo(rdt).tiny
+        sigma = numpyro.sample("sigma", dist.HalfNormal(scale).to_event(len(lead)))
+        return sigma**2
+    if not isinstance(noise, jax.core.Tracer) and not np.all(np.asarray(noise) > 0):
+        raise ValueError(f"`noise` must be a positive variance (or None); got {noise!r}.")
+    return jnp.asarray(noise, rdt)
 
 
 def _observe(y, mean, var, complex_data):
