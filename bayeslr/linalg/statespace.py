@@ -1168,6 +1168,23 @@ def _site_element(A, Q, H, lk, ek):
     return a_bar, b, c, HA.T @ v, _sym(HA.T @ M @ HA)
 
 
+def _check_sites(times: Any, precision: Any, shift: Any) -> tuple[Array, Array, Array]:
+    """Checked ``(times, precision (n, R, R), shift (n, R))`` of Gaussian site potentials."""
+    t = _check_times(times)
+    n = t.shape[0]
+    lam = jnp.asarray(precision)
+    eta = jnp.asarray(shift)
+    if lam.ndim != 3 or lam.shape[0] != n or lam.shape[1] != lam.shape[2]:
+        raise ValueError(
+            f"`precision` must have shape (n, R, R) with n = {n} (the number of times); got "
+            f"{lam.shape}."
+        )
+    R = lam.shape[1]
+    if eta.shape != (n, R):
+        raise ValueError(f"`shift` must have shape (n, R) = {(n, R)}; got {eta.shape}.")
+    return t, lam, eta
+
+
 def smooth_gaussian_sites(
     kernel: Any,
     times: Float[ArrayLike, " n"],
@@ -1220,18 +1237,8 @@ def smooth_gaussian_sites(
             ``shift`` that do not match ``times``.
     """
     _check_parallel(parallel)
-    t = _check_times(times)
-    n = t.shape[0]
-    lam = jnp.asarray(precision)
-    eta = jnp.asarray(shift)
-    if lam.ndim != 3 or lam.shape[0] != n or lam.shape[1] != lam.shape[2]:
-        raise ValueError(
-            f"`precision` must have shape (n, R, R) with n = {n} (the number of times); got "
-            f"{lam.shape}."
-        )
+    t, lam, eta = _check_sites(times, precision, shift)
     R = lam.shape[1]
-    if eta.shape != (n, R):
-        raise ValueError(f"`shift` must have shape (n, R) = {(n, R)}; got {eta.shape}.")
     steps = _stacked_steps(kernel, t, R)
     H = steps.H
     dtype = jnp.result_type(H, lam, eta)
@@ -1317,18 +1324,8 @@ def gaussian_sites_log_evidence(
     Raises:
         ValueError: as :func:`smooth_gaussian_sites`.
     """
-    t = _check_times(times)
-    n = t.shape[0]
-    lam = jnp.asarray(precision)
-    eta = jnp.asarray(shift)
-    if lam.ndim != 3 or lam.shape[0] != n or lam.shape[1] != lam.shape[2]:
-        raise ValueError(
-            f"`precision` must have shape (n, R, R) with n = {n} (the number of times); got "
-            f"{lam.shape}."
-        )
+    t, lam, eta = _check_sites(times, precision, shift)
     R = lam.shape[1]
-    if eta.shape != (n, R):
-        raise ValueError(f"`shift` must have shape (n, R) = {(n, R)}; got {eta.shape}.")
     steps = _stacked_steps(kernel, t, R)
     dtype = jnp.result_type(steps.H, lam, eta)
     H = steps.H.astype(dtype)
