@@ -113,11 +113,14 @@ def synthetic_fit(x64):
 
 
 def test_each_mode_posterior_is_the_dense_gp_posterior_given_its_messages(synthetic_fit):
+    # the smoother of the last epoch ran with the kernels learned before it (the fitted ones)
     post, _, _, kernel = synthetic_fit
     s = post.state
     for k in range(2):
+        fitted = post.context["kernels"][k]
+        assert float(fitted.lengthscale) != pytest.approx(0.1)  # learned, not the start
         want_m, want_c = _dense_mode_posterior(
-            kernel, post.context['ticks'][k], np.asarray(s.lam[k]), np.asarray(s.eta[k])
+            fitted, post.context['ticks'][k], np.asarray(s.lam[k]), np.asarray(s.eta[k])
         )
         np.testing.assert_allclose(np.asarray(s.mu[k]), want_m, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(np.asarray(s.cov[k]), want_c, rtol=1e-6, atol=1e-8)
@@ -142,14 +145,15 @@ def test_synthetic_recovery_and_predictive_variance(synthetic_fit):
 def test_prediction_before_and_after_the_data_reverts_to_the_prior(synthetic_fit):
     # The reference code's backward extrapolation gives negative variances, and its filter
     # starts from a random mean. Far from the data the posterior must be the prior: mean 0,
-    # sd sqrt(kernel variance); near the edge the variance must stay positive.
+    # sd sqrt(fitted kernel variance); near the edge the variance must stay positive.
     post, *_ = synthetic_fit
+    sd0 = np.sqrt(post.extra["kernel_variance"]["y"])
     far = post.latent("y", [-50.0, 50.0])
     np.testing.assert_allclose(far["mean"], 0.0, atol=1e-8)
-    np.testing.assert_allclose(far["sd"], np.sqrt(0.5), rtol=1e-6)
+    np.testing.assert_allclose(far["sd"], sd0, rtol=1e-6)
     lo, hi = post.context['ticks'][1][0], post.context['ticks'][1][-1]
     near = post.latent("y", [lo - 0.01, hi + 0.01])
-    assert np.all(near["sd"] > 0) and np.all(near["sd"] < np.sqrt(0.5))
+    assert np.all(near["sd"] > 0) and np.all(near["sd"] < sd0)
     pred = post.moments(np.array([[0.5, -0.2], [0.5, 1.3]]))
     assert np.all(pred["variance"] > 0)
 
@@ -288,8 +292,9 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
         }
     )
     kernel = Matern32(1.0, 0.5)
+    # NUTS samples the model with the kernel fixed: so does the message passing here
     ep = FunBaT(rank=1, cp=True, kernel=kernel, epochs=150, scale=None, standardize=False,
-                damping_u=0.3, damping_core=0.5, damping_noise=0.5, progress_bar=False)  # fmt: skip
+                learn_kernel=False, damping_u=0.3, damping_core=0.5, damping_noise=0.5, progress_bar=False)  # fmt: skip
     post = ep.fit(df, ["a", "b"], "v")
     pred = post.moments(df)
     d = funbat_data(df[["a", "b"]].to_numpy(), df["v"].to_numpy())
@@ -348,3 +353,73 @@ def test_convergence_check_stops_early(x64):
     assert not full.extra["converged"] and full.extra["epochs_run"] == 20
     with pytest.raises(ValueError, match="tol"):
         FunBaT(tol=-1.0)
+
+
+def test_learned_kernels_beat_a_bad_fixed_start(x64):
+    # Started at a lengthscale ten times too short, the fixed kernel interpolates held-out
+    # coordinates poorly; the learned kernels must move the lengthscales up (type-II MAP on each
+    # mode's Kalman evidence) and predict the held-out coordinates better.
+    df = funbat_synthetic(2)
+    train, test = split_coordinates(df, "x", test_frac=0.3, seed=0)
+    kw = dict(rank=1, cp=True, kernel=Matern32(1.0, 0.01), epochs=60, **FAST)
+    fixed = FunBaT(learn_kernel=False, **kw).fit(train, ["x", "y"], "value")
+    learned = FunBaT(**kw).fit(train, ["x", "y"], "value")
+    span = train["x"].max() - train["x"].min()
+    assert all(ls > 0.03 * span for ls in learned.extra["lengthscale"].values())
+    assert fixed.extra["lengthscale"]["x"] == pytest.approx(0.01 * span)
+    truth = test["value"].to_numpy()
+    err = {n: np.sqrt(np.mean((p.moments(test)["mean"].to_numpy() - truth) ** 2))
+           for n, p in (("fixed", fixed), ("learned", learned))}  # fmt: skip
+    assert err["learned"] < 0.7 * err["fixed"], err
+
+
+def test_kernel_by_name_and_learning_options():
+    df = _frame()
+    post = FunBaT(rank=1, kernel=["Matern-1/2", "matern52"], epochs=2, progress_bar=False).fit(
+        df, ["t", "s"], "v"
+    )
+    assert [type(k).__name__ for k in post.context["kernels"]] == ["Matern12", "Matern52"]
+    with pytest.raises(ValueError, match=r"one of \['matern12', 'matern32', 'matern52'\]"):
+        FunBaT(rank=1, kernel="rbf", progress_bar=False).fit(df, ["t", "s"], "v")
+    # a zero hyperparameter cannot be learned on the log scale; fixed it is fine
+    bad = Matern32.__new__(Matern32)
+    object.__setattr__(bad, "variance", jnp.asarray(0.0))
+    object.__setattr__(bad, "lengthscale", jnp.asarray(0.5))
+    with pytest.raises(ValueError, match="learn_kernel=False"):
+        FunBaT(rank=1, kernel=bad, progress_bar=False).fit(df, ["t", "s"], "v")
+    for kwargs, match in ((dict(kernel_lr=0.0), "kernel_lr"), (dict(window=1), "window"),
+                          (dict(kernel_steps=0), "kernel_steps"),
+                          (dict(learn_kernel=1), "learn_kernel")):  # fmt: skip
+        with pytest.raises((ValueError, TypeError), match=match):
+            FunBaT(**kwargs)
+
+
+def test_rank_auto_grows_while_validation_improves(x64):
+    # The candidates are fitted in order on the entries left after the validation split while
+    # each step up gains at least 1 % of validation RMSE; the smallest rank within 1 % of the
+    # best then continues on all training entries from its state (a last stage).
+    df = funbat_synthetic(3, n_grids=2, grid=10, noise_sd=0.01)
+    kw = dict(cp=True, kernel=Matern32(0.5, 0.2), epochs=30, **FAST)
+    cands = (1, 2, 4, 6)
+    post = FunBaT(rank="auto", rank_candidates=cands, **kw).fit(df, ["x", "y"], "value")
+    scores = post.extra["rank_scores"]
+    tried = list(scores)
+    assert len(tried) >= 2 and tried == list(cands[: len(tried)])
+    v = [scores[r] for r in tried]
+    assert all(b <= 0.99 * a for a, b in zip(v[:-2], v[1:-1], strict=True))  # growth went on
+    assert len(tried) == len(cands) or v[-1] > 0.99 * v[-2]  # ... and stopped for a reason
+    chosen = post.extra["rank"]
+    assert chosen == next(r for r in tried if scores[r] <= 1.01 * min(v))
+    assert post.state.mu[0].shape[1] == chosen and post.samples["u_0"].shape[2] == chosen
+    ranks_run = [r.state.ep.mu[0].shape[1] for r in post.results]
+    assert ranks_run == [*tried, chosen]  # one stage per candidate, then all entries
+    assert all(np.isfinite(x) and x > 0 for x in v)
+    fixed = FunBaT(rank=1, **kw).fit(df, ["x", "y"], "value")
+    assert fixed.extra["rank_scores"] == {} and len(fixed.results) == 1
+    # Tucker candidates whose core exceeds max_core are skipped; none left is an error
+    with pytest.raises(ValueError, match="max_core"):
+        FunBaT(rank="auto", rank_candidates=(30,), progress_bar=False).fit(df, ["x", "y"], "value")
+    for kwargs, match in ((dict(rank="big"), "rank"), (dict(rank_candidates=(3, 2)), "increasing"),
+                          (dict(validation=0.7), "validation")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            FunBaT(**kwargs)

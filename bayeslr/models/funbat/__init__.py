@@ -58,6 +58,18 @@ Inference (conditional moment matching / message passing, the paper's algorithm)
     linear in the entries and in the unique coordinates. The reference code keeps per-entry
     messages of size :math:`R^K\times R^K` (12.8 GB at :math:`R = 7`); we keep sums.
 
+Kernels and rank (chosen by the library, not by hand)
+    Every mode's kernel hyperparameters :math:`\theta_k` (variance, lengthscale, ...) are
+    learned inside the message passing (:class:`KernelLearning`): before each epoch a few Adam
+    steps on :math:`-\log Z_k(\theta_k) + \tfrac12\|(\theta_k - \theta^0_k)/s\|^2` with
+    :math:`\log Z_k` the Kalman evidence of the mode's :math:`R` GPs under its current site
+    messages (:func:`bayeslr.linalg.statespace.gaussian_sites_log_evidence`), expectation
+    propagation's type-II objective, and a log-normal prior around the starting kernel. The
+    fit stops when the training RMSE has settled (its relative spread over a window of
+    epochs). ``rank="auto"`` (the default) picks :math:`R` on a random validation split of the
+    training entries, growing through the candidates while the validation RMSE improves, and
+    continues the chosen fit on all training entries.
+
 Prediction
     At a new coordinate :math:`t_*` of mode :math:`k` (between, before or after the training
     coordinates) the posterior of :math:`u^k(t_*)` is the exact state-space interpolation or
@@ -88,8 +100,11 @@ smoother is used), and no predictive variance.
 
 from bayeslr.models.funbat.algo import (
     FunBaTData,
+    FunBaTFit,
     FunBaTProblem,
     FunBaTState,
+    KernelLearning,
+    fitted_kernels,
     funbat_data,
     funbat_epoch,
     funbat_init,
@@ -101,9 +116,12 @@ from bayeslr.models.funbat.model import funbat_model
 __all__ = [
     "FunBaT",
     "FunBaTData",
+    "FunBaTFit",
     "FunBaTPosterior",
     "FunBaTProblem",
     "FunBaTState",
+    "KernelLearning",
+    "fitted_kernels",
     "funbat_data",
     "funbat_epoch",
     "funbat_init",

@@ -11,14 +11,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jaxtyping import Array
 
-from bayeslr.linalg.statespace import smooth_gaussian_sites
+from bayeslr.linalg.statespace import gaussian_sites_log_evidence, smooth_gaussian_sites
 
 __all__ = [
     "FunBaTData",
+    "FunBaTFit",
     "FunBaTProblem",
     "FunBaTState",
+    "KernelLearning",
+    "fitted_kernels",
     "funbat_data",
     "funbat_epoch",
     "funbat_init",
@@ -231,10 +235,111 @@ def funbat_epoch(
     return new, jnp.mean((y - f) ** 2)
 
 
+# --------------------------------------------------------------------------------------------
+# per-mode kernel learning: type-II MAP on the Kalman evidence of the current site messages
+
+
+def kernel_leaves(kernel: Any) -> Array:
+    r"""The kernel's hyperparameters (its pytree leaves: variances, lengthscales, ...) as one
+    vector, the parameters that :class:`KernelLearning` learns on the log scale."""
+    return jnp.stack([jnp.asarray(v).reshape(()) for v in jax.tree_util.tree_leaves(kernel)])
+
+
+def kernel_with(kernel: Any, log_theta: Array) -> Any:
+    """``kernel`` with its hyperparameters (:func:`kernel_leaves`) set to ``exp(log_theta)``."""
+    leaves, treedef = jax.tree_util.tree_flatten(kernel)
+    vals = jnp.exp(log_theta)
+    return jax.tree_util.tree_unflatten(
+        treedef, [vals[i].astype(jnp.asarray(v).dtype) for i, v in enumerate(leaves)]
+    )
+
+
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["idx", "y", "ticks", "kernels", "counts", "damping", "a0", "b0", "y_scale"],
-    meta_fields=["rank", "cp", "parallel"],
+    data_fields=["lr", "prior_loc", "prior_scale"],
+    meta_fields=["steps", "start"],
+)
+@dataclasses.dataclass(frozen=True)
+class KernelLearning:
+    r"""Per-mode kernel hyperparameters by type-II MAP inside the message passing.
+
+    Before each epoch (from epoch ``start`` on), every mode :math:`k` takes ``steps`` Adam
+    steps on its log hyperparameters :math:`\theta_k = \log(\sigma^2_k, \ell_k, \dots)`
+    against
+
+    .. math::
+        -\log Z_k(\theta_k) + \tfrac12\|(\theta_k - \theta^0_k)/s\|^2,
+
+    where :math:`\log Z_k` is the log normalizer of the mode's :math:`R` GPs under its current
+    Gaussian site messages :math:`(\Lambda^k_j, \eta^k_j)`
+    (:func:`bayeslr.linalg.statespace.gaussian_sites_log_evidence`, a Kalman filter,
+    :math:`O(M_k)`). With the sites fixed this is expectation propagation's type-II objective
+    (its gradient in :math:`\theta_k` is that of the EP evidence at a fixed point); the
+    log-normal prior around the initial kernel :math:`\theta^0_k` with scale :math:`s` keeps
+    a mode with few coordinates from collapsing its lengthscale.
+
+    Attributes:
+        lr: Adam step size (data: a new value does not recompile).
+        prior_loc: per mode the prior mean :math:`\theta^0_k` ``(P_k,)`` (log scale).
+        prior_scale: :math:`s`, the prior sd on the log scale.
+        steps, start: static: Adam steps per epoch, first epoch that learns (the first
+            epochs settle the messages of a random start).
+    """
+
+    lr: Array
+    prior_loc: tuple[Array, ...]
+    prior_scale: Array
+    steps: int = 5
+    start: int = 3
+
+
+def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLearning, loc):
+    tx = optax.adam(learning.lr)
+
+    def loss(th):
+        log_z = gaussian_sites_log_evidence(kernel_with(kernel, th), ticks, lam, eta)
+        return -log_z + 0.5 * jnp.sum(((th - loc) / learning.prior_scale) ** 2)
+
+    def body(carry, _):
+        th, st = carry
+        g = jax.grad(loss)(th)
+        upd, st = tx.update(g, st, th)
+        return (optax.apply_updates(th, upd), st), None
+
+    (theta, opt_state), _ = jax.lax.scan(body, (theta, opt_state), None, length=learning.steps)
+    return theta, opt_state
+
+
+class FunBaTFit(NamedTuple):
+    r"""State of :func:`funbat_step`: the message passing and the kernels' hyperparameters.
+
+    Attributes:
+        ep: the message-passing state (:class:`FunBaTState`).
+        log_theta: per mode the log hyperparameters of its kernel ``(P_k,)``
+            (:func:`kernel_leaves`); fixed when the problem does not learn them.
+        opt: per mode the Adam state of ``log_theta``.
+        epoch: epochs run.
+        mse: the training mean squared errors of the last ``window`` epochs (``inf`` before).
+    """
+
+    ep: FunBaTState
+    log_theta: tuple[Array, ...]
+    opt: tuple[Any, ...]
+    epoch: Array
+    mse: Array
+
+
+def fitted_kernels(problem: FunBaTProblem, state: FunBaTFit) -> tuple[Any, ...]:
+    """Per mode the kernel at the state's hyperparameters."""
+    return tuple(kernel_with(k, t) for k, t in zip(problem.kernels, state.log_theta, strict=True))
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[
+        "idx", "y", "ticks", "kernels", "counts", "damping", "a0", "b0", "y_scale", "learning"
+    ],
+    meta_fields=["rank", "cp", "parallel", "window"],
 )
 @dataclasses.dataclass(frozen=True)
 class FunBaTProblem:
@@ -248,7 +353,10 @@ class FunBaTProblem:
         counts: per mode the number of entries at each coordinate ``(M_k,)``.
         damping: :math:`(\rho_U, \rho_W, \rho_\tau)`; ``a0``, ``b0``: the Gamma prior of
             :math:`\tau`; ``y_scale``: the standardization scale (for the error in data units).
+        learning: the kernel learning (:class:`KernelLearning`), or ``None`` to keep
+            ``kernels`` fixed.
         rank, cp, parallel: static: :math:`R`, FunBaT-CP, associative-scan smoothers.
+        window: static: epochs over which ``rmse_change`` (the stopping statistic) is taken.
     """
 
     idx: Array
@@ -260,15 +368,18 @@ class FunBaTProblem:
     a0: Array
     b0: Array
     y_scale: Array
+    learning: KernelLearning | None
     rank: int
     cp: bool
     parallel: bool
+    window: int = 5
 
 
-def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTState:
+def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTFit:
     r"""Initial state: :math:`\mu \sim U(0, 1)`, :math:`S = I`, messages :math:`10^{-3} I`
     per entry (summed per coordinate), core mean :math:`U(0, 1)` (CP: the superdiagonal),
-    :math:`E[\tau] = 1`. Every start (``restart``) draws its own from ``key``."""
+    :math:`E[\tau] = 1`, the problem's kernels. Every start (``restart``) draws its own from
+    ``key``."""
     dtype = problem.y.dtype
     rank = problem.rank
     K = problem.idx.shape[1]
@@ -289,27 +400,56 @@ def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTState:
     else:
         core_mean = jax.random.uniform(keys[K], (size,), dtype)
         core_cov = jnp.eye(size, dtype=dtype)
-    return FunBaTState(
+    ep = FunBaTState(
         tuple(mu), tuple(cov), tuple(lam), tuple(eta), core_mean, core_cov,
         jnp.zeros((size, size), dtype), jnp.zeros((size,), dtype),
         jnp.asarray(1.0, dtype), jnp.asarray(1.0, dtype),
     )  # fmt: skip
+    theta = tuple(jnp.log(kernel_leaves(k)).astype(dtype) for k in problem.kernels)
+    opt = tuple(optax.adam(1.0).init(t) for t in theta)  # the state does not hold the step
+    mse = jnp.full((problem.window,), jnp.inf, dtype)
+    return FunBaTFit(ep, theta, opt, jnp.asarray(0, jnp.int32), mse)
 
 
-def funbat_step(key: Array, state: FunBaTState, problem: FunBaTProblem):
-    r"""One epoch (:func:`funbat_epoch`) as a step of :func:`bayeslr.infer.loop.run`.
+def funbat_step(key: Array, state: FunBaTFit, problem: FunBaTProblem):
+    r"""One step of :func:`bayeslr.infer.loop.run`: the kernels' hyperparameters
+    (:class:`KernelLearning`, when the problem learns them) on the current messages, then one
+    epoch (:func:`funbat_epoch`) with the new kernels.
 
     ``info``: ``train_rmse`` (the training error of the posterior mean after the epoch, in data
-    units) and ``change`` (:math:`\max_k\|\mu^k_{new} - \mu^k\|/\|\mu^k\|`).
+    units), ``change`` (:math:`\max_k\|\mu^k_{new} - \mu^k\|/\|\mu^k\|`) and
+    ``rmse_change``, the spread :math:`(\max - \min)/\min` of the training RMSE over the
+    last ``window`` epochs (``inf`` until ``window`` epochs have run): the stopping statistic.
     """
+    ep, theta, opt = state.ep, state.log_theta, state.opt
+    learning = problem.learning
+    if learning is not None:
+
+        def learn(carry):
+            th, op = list(carry[0]), list(carry[1])
+            for k in range(len(th)):
+                th[k], op[k] = _learn_kernel(
+                    problem.kernels[k], problem.ticks[k], ep.lam[k], ep.eta[k], th[k], op[k],
+                    learning, learning.prior_loc[k],
+                )  # fmt: skip
+            return tuple(th), tuple(op)
+
+        theta, opt = jax.lax.cond(state.epoch >= learning.start, learn, lambda c: c, (theta, opt))
+    kernels = tuple(kernel_with(k, t) for k, t in zip(problem.kernels, theta, strict=True))
     d = problem.damping
     new, mse = funbat_epoch(
-        state, problem.idx, problem.y, problem.ticks, problem.kernels, cp=problem.cp,
+        ep, problem.idx, problem.y, problem.ticks, kernels, cp=problem.cp,
         damping=(d[0], d[1], d[2]), a0=problem.a0, b0=problem.b0, parallel=problem.parallel,
     )  # fmt: skip
+    window = jnp.concatenate([state.mse[1:], mse[None]])
+    rmse = jnp.sqrt(window)
+    lo = jnp.min(rmse)
+    spread = jnp.where(
+        jnp.all(jnp.isfinite(rmse)), (jnp.max(rmse) - lo) / jnp.maximum(lo, 1e-12), jnp.inf
+    )
     info = {"train_rmse": jnp.sqrt(mse) * problem.y_scale,
-            "change": _relative_change(state.mu, new.mu)}  # fmt: skip
-    return new, info
+            "change": _relative_change(ep.mu, new.mu), "rmse_change": spread}  # fmt: skip
+    return FunBaTFit(new, theta, opt, state.epoch + 1, window), info
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,22 +468,35 @@ def _relative_change(old: Sequence[Array], new: Sequence[Array]) -> Array:
 _smooth_sites_jit = jax.jit(smooth_gaussian_sites, static_argnames=("parallel",))
 
 
+def bucket(n: int, smallest: int = 64) -> int:
+    """The padded size of ``n`` query points: the next power of two, at least ``smallest``
+    (a new number of points then reuses a compiled prediction unless it crosses a bucket)."""
+    return max(smallest, 1 << max(0, int(n) - 1).bit_length())
+
+
 def _mode_posterior_at(kernel, ticks, lam, eta, new, parallel=False):
     """Posterior of the mode's :math:`R` functions at coordinates ``new`` (any order, any
-    place): merge ``new`` into the training grid as zero-precision sites and smooth."""
+    place): merge ``new`` into the training grid as zero-precision sites and smooth. The grid
+    is padded to a :func:`bucket` size with zero-precision sites after its end (they change
+    nothing before them), so the smoother compiles once per bucket, not per query size."""
     ticks = np.asarray(ticks)
     grid = np.union1d(ticks, new)
     at_train = np.searchsorted(grid, ticks)
     at_new = np.searchsorted(grid, new)
+    size = bucket(grid.shape[0])
+    step = max(float(grid[-1] - grid[0]), 1.0)
+    grid = np.concatenate([grid, grid[-1] + step * np.arange(1, size - grid.shape[0] + 1)])
     R = lam.shape[1]
-    lam_g = jnp.zeros((grid.shape[0], R, R), lam.dtype).at[at_train].set(lam)
-    eta_g = jnp.zeros((grid.shape[0], R), eta.dtype).at[at_train].set(eta)
+    lam_g = jnp.zeros((size, R, R), lam.dtype).at[at_train].set(lam)
+    eta_g = jnp.zeros((size, R), eta.dtype).at[at_train].set(eta)
     mean, cov = _smooth_sites_jit(
         kernel, jnp.asarray(grid, lam.dtype), lam_g, eta_g, parallel=parallel
     )
-    return mean[at_new], cov[at_new]
+    return np.asarray(mean)[at_new], np.asarray(cov)[at_new]  # gathered on the host: no shape
 
 
+
+@functools.partial(jax.jit, static_argnames=("cp",))
 def _predict_entries(mus, covs, core_mean, core_cov, e_tau, cp):
     """Predictive mean and variance of entries from per-mode moments at their coordinates."""
     K = len(mus)

@@ -2,6 +2,7 @@ r"""The FunBaT estimator (:class:`FunBaT`) and its posterior (:class:`FunBaTPost
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,14 +12,18 @@ import numpy as np
 import pandas as pd
 
 from bayeslr._validation import as_key, check_int
-from bayeslr.gp.kernels import Matern32
+from bayeslr.gp.kernels import Matern12, Matern32, Matern52
 from bayeslr.infer import loop
 from bayeslr.linalg.psd import psd_cholesky
 from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
 from bayeslr.models.funbat.algo import (
     FunBaTProblem,
+    KernelLearning,
+    fitted_kernels,
+    kernel_leaves,
     _mode_posterior_at,
     _predict_entries,
+    bucket,
     funbat_data,
     funbat_init,
     funbat_step,
@@ -26,6 +31,23 @@ from bayeslr.models.funbat.algo import (
 from bayeslr.models.funbat.model import funbat_model
 
 __all__ = ["FunBaT", "FunBaTPosterior"]
+
+
+_KERNELS = {"matern12": Matern12, "matern32": Matern32, "matern52": Matern52}
+
+
+def _parse_kernel(kernel: Any) -> Any:
+    """A kernel object, or its name (``"matern12"``, ``"matern32"``, ``"matern52"``, any case)
+    with variance 1 and lengthscale 0.1 (on the unit-scaled coordinates)."""
+    if isinstance(kernel, str):
+        name = kernel.lower().replace("-", "").replace("_", "").replace("/", "").replace(" ", "")
+        name = {"matern1": "matern12", "matern3": "matern32", "matern5": "matern52"}.get(name, name)
+        if name not in _KERNELS:
+            raise ValueError(
+                f"`kernel` given by name must be one of {sorted(_KERNELS)}; got {kernel!r}."
+            )
+        return _KERNELS[name](variance=1.0, lengthscale=0.1)
+    return kernel
 
 
 def _check_frame(df, coords, value) -> tuple[list[str], str]:
@@ -223,6 +245,8 @@ class FunBaTPosterior(ModelPosterior):
         """
         x = self._coordinates(new)
         index = new.index if isinstance(new, pd.DataFrame) else None
+        n = x.shape[0]
+        pad = bucket(n) - n  # padded with the first entry: one compiled step per bucket
         mus, covs = [], []
         for k in range(len(self.columns)):
             uniq, inv = np.unique(self._scaled(k, x[:, k]), return_inverse=True)
@@ -230,14 +254,15 @@ class FunBaTPosterior(ModelPosterior):
                 self.context["kernels"][k], self.context["ticks"][k], self.state.lam[k],
                 self.state.eta[k], uniq, self.context["parallel"],
             )  # fmt: skip
-            mus.append(m[inv.reshape(-1)])
-            covs.append(c[inv.reshape(-1)])
+            inv = np.concatenate([inv.reshape(-1), np.zeros(pad, inv.dtype)])
+            mus.append(m[inv])
+            covs.append(c[inv])
         s = self.state
         mean, var = _predict_entries(mus, covs, s.core_mean, s.core_cov, s.tau_a / s.tau_b,
                                      self.context["cp"])  # fmt: skip
         y_mean, y_sd = self.context["y_mean"], self.context["y_sd"]
-        mean = np.asarray(mean) * y_sd + y_mean
-        var = np.asarray(var) * y_sd**2
+        mean = np.asarray(mean)[:n] * y_sd + y_mean
+        var = np.asarray(var)[:n] * y_sd**2
         return pd.DataFrame({"mean": mean, "variance": var, "sd": np.sqrt(var)}, index=index)
 
 
@@ -258,7 +283,13 @@ class FunBaT(Estimator):
         post.to_arviz()                  # u_0.., W, tau; log_likelihood of y for az.loo
 
     Args:
-        rank: :math:`R`, the same in every mode.
+        rank: :math:`R`, the same in every mode, or ``"auto"``: chosen on a validation split
+            of the training entries (``validation``, at random): the candidates
+            ``rank_candidates`` are fitted in increasing order on the rest, growing while the
+            validation RMSE improves by at least 1 %; the best one then continues on all
+            training entries from its state (``post.extra["rank_scores"]`` holds the
+            validation RMSE of each rank tried, in data units). Candidates with a Tucker core
+            of more than ``max_core`` elements (:math:`R^K`) are skipped.
         kernel: kernel of the latent functions (exact SDE: Matérn 1/2, 3/2, 5/2, ...), one for
             every mode or a sequence with one per mode; lengthscales refer to the scaled
             coordinates (see ``scale``). Default Matérn 3/2 with variance 1 and lengthscale 0.1.
@@ -281,9 +312,19 @@ class FunBaT(Estimator):
             temperature, one split in three stalled at twice the usual training error with a
             single start); it shows within a few epochs.
         screen_epochs: epochs per start before choosing.
-        tol: stop before ``epochs`` when the relative change of every mode's posterior means,
-            :math:`\max_k\|\mu^k_{\text{new}} - \mu^k\|/\|\mu^k\|`, falls below ``tol``
-            (0: always run ``epochs``).
+        tol: stop before ``epochs`` when the training RMSE has settled: its relative spread
+            :math:`(\max - \min)/\min` over the last ``window`` epochs falls to ``tol`` or
+            below (0: always run ``epochs``). ``converged`` and ``epochs_run`` in
+            ``post.extra`` report it.
+        window: epochs of that spread (at least 2).
+        learn_kernel: learn every mode's kernel hyperparameters (variance, lengthscale, ...)
+            by type-II MAP on the mode's Kalman evidence between epochs
+            (:class:`~bayeslr.models.funbat.KernelLearning`); ``kernel`` is then the starting
+            point and the centre of a log-normal prior. ``False`` keeps ``kernel`` fixed.
+        kernel_steps, kernel_lr: Adam steps per epoch and step size (log scale).
+        kernel_start: first epoch that learns (the messages of a random start settle first).
+        kernel_prior_scale: sd of the log-normal prior on each hyperparameter (log scale).
+        rank_candidates, validation, max_core: the choice of ``rank="auto"`` (above).
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
             worth it on accelerators with many unique coordinates).
 
@@ -295,7 +336,7 @@ class FunBaT(Estimator):
 
     def __init__(
         self,
-        rank: int = 3,
+        rank: int | str = "auto",
         kernel: Any = None,
         *,
         cp: bool = False,
@@ -313,10 +354,38 @@ class FunBaT(Estimator):
         progress_bar: bool = True,
         restarts: int = 3,
         screen_epochs: int = 10,
-        tol: float = 1e-5,
+        tol: float = 1e-4,
+        window: int = 5,
         parallel: bool = False,
+        learn_kernel: bool = True,
+        kernel_steps: int = 5,
+        kernel_lr: float = 0.05,
+        kernel_start: int = 3,
+        kernel_prior_scale: float = 1.5,
+        rank_candidates: Sequence[int] = (3, 5, 8),
+        validation: float = 0.1,
+        max_core: int = 512,
     ):
-        self.rank = check_int("rank", rank, minimum=1)
+        if rank == "auto":
+            self.rank = "auto"
+        else:
+            if isinstance(rank, str):
+                raise ValueError(f"`rank` must be a positive int or 'auto'; got {rank!r}.")
+            self.rank = check_int("rank", rank, minimum=1)
+        if isinstance(rank_candidates, (str, int)) or not isinstance(rank_candidates, Sequence) \
+                or not rank_candidates:  # fmt: skip
+            raise TypeError(
+                f"`rank_candidates` must be a non-empty sequence of ints; got {rank_candidates!r}."
+            )
+        cands = [check_int("rank_candidates[i]", r, minimum=1) for r in rank_candidates]
+        if cands != sorted(set(cands)):
+            raise ValueError(f"`rank_candidates` must be increasing; got {rank_candidates!r}.")
+        self.rank_candidates = tuple(cands)
+        if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not \
+                0 < validation < 0.5:  # fmt: skip
+            raise ValueError(f"`validation` must be a float in (0, 0.5); got {validation!r}.")
+        self.validation = float(validation)
+        self.max_core = check_int("max_core", max_core, minimum=1)
         self.epochs = check_int("epochs", epochs, minimum=1)
         super().__init__(seed=seed, progress_bar=progress_bar)
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
@@ -325,6 +394,13 @@ class FunBaT(Estimator):
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"`tol` must be a non-negative float; got {tol!r}.")
         self.tol = float(tol)
+        self.window = check_int("window", window, minimum=2)
+        self.kernel_steps = check_int("kernel_steps", kernel_steps, minimum=1)
+        self.kernel_start = check_int("kernel_start", kernel_start, minimum=0)
+        for name, v in (("kernel_lr", kernel_lr), ("kernel_prior_scale", kernel_prior_scale)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
+        self.kernel_lr, self.kernel_prior_scale = float(kernel_lr), float(kernel_prior_scale)
         for name, v in (
             ("damping_u", damping_u),
             ("damping_core", damping_core),
@@ -337,7 +413,8 @@ class FunBaT(Estimator):
                 raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
         if scale not in ("unit", None):
             raise ValueError(f"`scale` must be 'unit' or None; got {scale!r}.")
-        flags = (("cp", cp), ("standardize", standardize), ("parallel", parallel))
+        flags = (("cp", cp), ("standardize", standardize), ("parallel", parallel),
+                 ("learn_kernel", learn_kernel))  # fmt: skip
         for name, v in flags:
             if not isinstance(v, bool):
                 raise TypeError(f"`{name}` must be a bool; got {v!r}.")
@@ -351,24 +428,33 @@ class FunBaT(Estimator):
         self.standardize = standardize
         self.decimals = decimals
         self.parallel = parallel
+        self.learn_kernel = learn_kernel
 
     def _kernels(self, K: int) -> tuple[Any, ...]:
         ks = self.kernel
-        if isinstance(ks, Sequence):
+        if isinstance(ks, Sequence) and not isinstance(ks, str):
             if len(ks) != K:
                 raise ValueError(
                     f"`kernel` must be one kernel or one per mode ({K} here); got {len(ks)}."
                 )
-            ks = tuple(ks)
+            ks = tuple(_parse_kernel(k) for k in ks)
         else:
-            ks = (ks,) * K
+            ks = (_parse_kernel(ks),) * K
         for i, k in enumerate(ks):
+            where = "" if len(set(map(id, ks))) == 1 else f"[{i}]"
             if not hasattr(k, "sde"):
                 raise TypeError(
-                    f"`kernel`{'' if len(set(map(id, ks))) == 1 else f'[{i}]'} must have an "
-                    f"exact state-space form (a `sde()` method, e.g. Matern32); got "
-                    f"{type(k).__name__}."
+                    f"`kernel`{where} must have an exact state-space form (a `sde()` method, e.g. "
+                    f"Matern32) or be one of {sorted(_KERNELS)}; got {type(k).__name__}."
                 )
+            if self.learn_kernel:
+                leaves = np.asarray(kernel_leaves(k), np.float64)
+                if not np.all(leaves > 0):
+                    raise ValueError(
+                        f"`kernel`{where} has hyperparameters {leaves.tolist()}; learning them "
+                        "(learn_kernel=True) needs all positive (they are learned on the log "
+                        "scale). Pass learn_kernel=False to keep them fixed."
+                    )
         return ks
 
     def prepare(self, df: pd.DataFrame, coords: Sequence[str], value: str) -> Prepared:
@@ -406,39 +492,124 @@ class FunBaT(Estimator):
             raise ValueError(f"column {value!r} is constant; there is nothing to decompose.")
         data = funbat_data(x, (y - y_mean) / y_sd)
         dtype = jnp.result_type(float)
+        ranks = self._ranks(K)
         problem = FunBaTProblem(
             idx=jnp.asarray(data.idx), y=jnp.asarray(data.y, dtype),
             ticks=tuple(jnp.asarray(t, dtype) for t in data.ticks), kernels=kernels,
             counts=tuple(jnp.asarray(np.bincount(data.idx[:, k], minlength=t.size))
                          for k, t in enumerate(data.ticks)),
             damping=jnp.asarray(self.damping, dtype), a0=jnp.asarray(self.a0, dtype),
-            b0=jnp.asarray(self.b0, dtype), y_scale=jnp.asarray(y_sd, dtype), rank=self.rank,
-            cp=self.cp, parallel=self.parallel,
+            b0=jnp.asarray(self.b0, dtype), y_scale=jnp.asarray(y_sd, dtype),
+            learning=self._learning(kernels, dtype), rank=ranks[0], cp=self.cp,
+            parallel=self.parallel, window=self.window,
         )  # fmt: skip
         context = {"columns": tuple(coords), "value": value, "y": y, "ticks": data.ticks,
                    "scale": tuple(scale), "y_mean": y_mean, "y_sd": y_sd, "kernels": kernels,
-                   "cp": self.cp, "parallel": self.parallel}  # fmt: skip
+                   "cp": self.cp, "parallel": self.parallel, "ranks": ranks}  # fmt: skip
+        if len(ranks) > 1:
+            context["selection"] = self._validation_split(problem, data)
         return Prepared(problem, context)
 
+    def _learning(self, kernels, dtype) -> KernelLearning | None:
+        if not self.learn_kernel:
+            return None
+        return KernelLearning(
+            lr=jnp.asarray(self.kernel_lr, dtype),
+            prior_loc=tuple(jnp.log(kernel_leaves(k)).astype(dtype) for k in kernels),
+            prior_scale=jnp.asarray(self.kernel_prior_scale, dtype),
+            steps=self.kernel_steps, start=self.kernel_start,
+        )  # fmt: skip
+
+    def _ranks(self, K: int) -> tuple[int, ...]:
+        """The ranks to fit: ``(rank,)``, or the candidates of ``rank="auto"`` whose Tucker core
+        fits ``max_core``."""
+        if self.rank != "auto":
+            return (self.rank,)
+        ranks = tuple(r for r in self.rank_candidates if self.cp or r**K <= self.max_core)
+        if not ranks:
+            raise ValueError(
+                f"rank='auto': every candidate in rank_candidates={self.rank_candidates} has a "
+                f"Tucker core R^{K} over max_core={self.max_core}; lower the candidates, raise "
+                "`max_core`, or pass cp=True."
+            )
+        return ranks
+
+    def _validation_split(self, problem: FunBaTProblem, data) -> dict[str, Any]:
+        """The problem on the entries left after carving a random validation set, which stays
+        on the host (the coordinates, and so every state's shapes, are those of all entries)."""
+        n = data.y.shape[0]
+        seed = np.asarray(jax.random.key_data(as_key(self.seed))).ravel()
+        perm = np.random.default_rng(seed.astype(np.uint64)).permutation(n)
+        n_val = max(1, round(self.validation * n))
+        val, fit = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        counts = tuple(jnp.asarray(np.bincount(data.idx[fit, k], minlength=t.size))
+                       for k, t in enumerate(data.ticks))  # fmt: skip
+        sub = dataclasses.replace(
+            problem, idx=problem.idx[fit], y=problem.y[fit], counts=counts
+        )
+        return {"problem": sub, "idx": data.idx[val], "y": np.asarray(data.y)[val]}
+
     def stages(self, prepared: Prepared):
+        ctx = prepared.context
+        ranks = ctx["ranks"]
+        if len(ranks) == 1:
+            yield self._stage("", prepared.problem, funbat_init, self.restarts)
+            ctx["rank_scores"] = {}
+            return
+        sel = ctx["selection"]
+        scores, states, prev = {}, {}, None
+        for r in ranks:
+            res = yield self._stage(
+                f"rank {r}", dataclasses.replace(sel["problem"], rank=r), funbat_init,
+                self.restarts,
+            )  # fmt: skip
+            scores[r], states[r] = self._validation_rmse(res.state.ep, sel, ctx), res.state
+            if prev is not None and scores[r] > 0.99 * scores[prev]:
+                break  # the step up gained less than 1 %
+            prev = r
+        ctx["rank_scores"] = scores
+        low = min(scores.values())
+        best = next(r for r in scores if scores[r] <= 1.01 * low)  # the smallest within 1 %
+        start = states[best]._replace(mse=jnp.full_like(states[best].mse, jnp.inf))
+        yield self._stage(
+            f"rank {best}, all entries", dataclasses.replace(prepared.problem, rank=best),
+            lambda key, problem, restart=0: start, 1,
+        )  # fmt: skip
+
+    def _stage(self, name, problem, init, restarts) -> Stage:
         screen = min(self.screen_epochs, self.epochs)
-        restarts = None
-        if self.restarts > 1:
-            restarts = loop.Restarts(self.restarts, "train_rmse", screen_steps=screen, vmap=False)
-        yield Stage(
-            "", funbat_init, funbat_step, prepared.problem, self.epochs,
-            stop=loop.Tolerance("change", self.tol) if self.tol > 0 else None,
-            restarts=restarts, progress_fields=("train_rmse",), guard=("train_rmse",),
+        rs = None
+        if restarts > 1:
+            rs = loop.Restarts(restarts, "train_rmse", screen_steps=screen, vmap=False)
+        min_steps = self.window + (self.kernel_start if self.learn_kernel else 0)
+        return Stage(
+            name, init, funbat_step, problem, self.epochs,
+            stop=loop.Tolerance("rmse_change", self.tol, min_steps=min_steps)
+            if self.tol > 0 else None,
+            restarts=rs, progress_fields=("train_rmse",), guard=("train_rmse",),
             hint="Raise the damping or check the kernel lengthscales.",
             key=as_key(self.seed),
         )  # fmt: skip
 
+    @staticmethod
+    def _validation_rmse(ep, sel, ctx) -> float:
+        """RMSE (data units) of the posterior mean at the held-out validation entries."""
+        idx = sel["idx"]
+        mus = [ep.mu[k][idx[:, k]] for k in range(idx.shape[1])]
+        covs = [ep.cov[k][idx[:, k]] for k in range(idx.shape[1])]
+        mean, _ = _predict_entries(mus, covs, ep.core_mean, ep.core_cov, ep.tau_a / ep.tau_b,
+                                   ctx["cp"])  # fmt: skip
+        return float(np.sqrt(np.mean((np.asarray(mean) - sel["y"]) ** 2)) * ctx["y_sd"])
+
     def posterior(self, results, prepared: Prepared) -> FunBaTPosterior:
         res = results[-1]
-        state, ctx, problem = res.state, prepared.context, prepared.problem
+        rank = res.state.ep.mu[0].shape[1]
+        problem = dataclasses.replace(prepared.problem, rank=rank)
+        kernels = fitted_kernels(problem, res.state)
+        state, ctx = res.state.ep, {**prepared.context, "kernels": kernels}
         key = ctx["posterior_key"]
         samples, dims, coords = self._draws(key, state, ctx)
-        kwargs = dict(rank=self.rank, kernel=ctx["kernels"], cp=self.cp, a0=self.a0, b0=self.b0,
+        kwargs = dict(rank=rank, kernel=kernels, cp=self.cp, a0=self.a0, b0=self.b0,
                       y_loc=ctx["y_mean"], y_scale=ctx["y_sd"])  # fmt: skip
         y = jnp.asarray(ctx["y"], problem.y.dtype)
         screened = np.asarray(res.restart_scores) if res.restart_scores is not None else \
@@ -451,13 +622,28 @@ class FunBaT(Estimator):
             coords=coords, method=f"funbat-{'cp' if self.cp else 'tucker'}-ep",
             extra={
                 "train_rmse": np.asarray(res.history["train_rmse"]), "restart_rmse": screened,
-                "epochs_run": res.num_steps, "converged": res.stop_reason == "tolerance",
+                "epochs_run": res.num_steps, "rank": rank,
+                "rank_scores": dict(ctx.get("rank_scores", {})), "converged": res.stop_reason == "tolerance",
                 "tau": float(state.tau_a / state.tau_b),
+                "kernels": dict(zip(ctx["columns"], kernels, strict=True)),
+                **self._hyper_summary(kernels, ctx),
             },
         )  # fmt: skip
 
+    @staticmethod
+    def _hyper_summary(kernels, ctx) -> dict[str, dict[str, float]]:
+        """Fitted lengthscales in the coordinates' own units and kernel variances (in units of
+        the standardized values), per column, for kernels that have them."""
+        out = {"lengthscale": {}, "kernel_variance": {}}
+        for k, (col, kern) in enumerate(zip(ctx["columns"], kernels, strict=True)):
+            if hasattr(kern, "lengthscale"):
+                out["lengthscale"][col] = float(kern.lengthscale) * ctx["scale"][k][1]
+            if hasattr(kern, "variance"):
+                out["kernel_variance"][col] = float(kern.variance)
+        return out
+
     def _draws(self, key, state, ctx):
-        S, R, K = self.num_samples, self.rank, len(ctx["columns"])
+        S, R, K = self.num_samples, state.mu[0].shape[1], len(ctx["columns"])
         keys = jax.random.split(key, K + 2)
         samples, dims, cmap = {}, {}, {}
         for k, col in enumerate(ctx["columns"]):
