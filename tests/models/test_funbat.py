@@ -1,6 +1,7 @@
 """FunBaT: message passing against dense twins, recovery, prediction, errors."""
 
 import functools
+import itertools
 
 import arviz as az
 import jax
@@ -114,7 +115,7 @@ def synthetic_fit(x64):
 
 def test_each_mode_posterior_is_the_dense_gp_posterior_given_its_messages(synthetic_fit):
     # the smoother of the last epoch ran with the kernels learned before it (the fitted ones)
-    post, _, _, kernel = synthetic_fit
+    post, *_ = synthetic_fit
     s = post.state
     for k in range(2):
         fitted = post.context["kernels"][k]
@@ -294,7 +295,8 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
     kernel = Matern32(1.0, 0.5)
     # NUTS samples the model with the kernel fixed: so does the message passing here
     ep = FunBaT(rank=1, cp=True, kernel=kernel, epochs=150, scale=None, standardize=False,
-                learn_kernel=False, damping_u=0.3, damping_core=0.5, damping_noise=0.5, progress_bar=False)  # fmt: skip
+                learn_kernel=False, damping_u=0.3, damping_core=0.5, damping_noise=0.5,
+                progress_bar=False)  # fmt: skip
     post = ep.fit(df, ["a", "b"], "v")
     pred = post.moments(df)
     d = funbat_data(df[["a", "b"]].to_numpy(), df["v"].to_numpy())
@@ -406,7 +408,7 @@ def test_rank_auto_grows_while_validation_improves(x64):
     tried = list(scores)
     assert len(tried) >= 2 and tried == list(cands[: len(tried)])
     v = [scores[r] for r in tried]
-    assert all(b <= 0.99 * a for a, b in zip(v[:-2], v[1:-1], strict=True))  # growth went on
+    assert all(b <= 0.99 * a for a, b in itertools.pairwise(v[:-1]))  # growth went on
     assert len(tried) == len(cands) or v[-1] > 0.99 * v[-2]  # ... and stopped for a reason
     chosen = post.extra["rank"]
     assert chosen == next(r for r in tried if scores[r] <= 1.01 * min(v))

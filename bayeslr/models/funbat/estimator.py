@@ -19,14 +19,14 @@ from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
 from bayeslr.models.funbat.algo import (
     FunBaTProblem,
     KernelLearning,
-    fitted_kernels,
-    kernel_leaves,
     _mode_posterior_at,
     _predict_entries,
     bucket,
+    fitted_kernels,
     funbat_data,
     funbat_init,
     funbat_step,
+    kernel_leaves,
 )
 from bayeslr.models.funbat.model import funbat_model
 
@@ -623,7 +623,8 @@ class FunBaT(Estimator):
             extra={
                 "train_rmse": np.asarray(res.history["train_rmse"]), "restart_rmse": screened,
                 "epochs_run": res.num_steps, "rank": rank,
-                "rank_scores": dict(ctx.get("rank_scores", {})), "converged": res.stop_reason == "tolerance",
+                "rank_scores": dict(ctx.get("rank_scores", {})),
+                "converged": res.stop_reason == "tolerance",
                 "tau": float(state.tau_a / state.tau_b),
                 "kernels": dict(zip(ctx["columns"], kernels, strict=True)),
                 **self._hyper_summary(kernels, ctx),
