@@ -232,7 +232,7 @@ def _frame():
     [
         (dict(df="table"), TypeError, "pandas DataFrame"),
         (dict(coords=["t"]), ValueError, "at least 2"),
-        (dict(coords="t"), TypeError, "list of column names"),
+        (dict(coords="t"), TypeError, "sequence of column names"),
         (dict(coords=["t", "zz"]), ValueError, "'zz'"),
         (dict(value="w"), ValueError, "'w'"),
         (dict(df=_frame().assign(t=[0.0, np.nan, 1.0, 2.0])), ValueError, "column 't'"),
@@ -425,3 +425,54 @@ def test_rank_auto_grows_while_validation_improves(x64):
                           (dict(validation=0.7), "validation")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             FunBaT(**kwargs)
+
+
+def test_coordinates_as_any_sequence_datetimes_and_leaks():
+    from bayeslr.models.funbat import funbat_data
+
+    df = _frame()
+    kw = dict(rank=1, epochs=2, progress_bar=False, restarts=1)
+    a = FunBaT(**kw).fit(df, pd.Index(["t", "s"]), "v").moments(df)["mean"].to_numpy()
+    for coords in (("t", "s"), np.array(["t", "s"])):
+        b = FunBaT(**kw).fit(df, coords, "v").moments(df)["mean"].to_numpy()
+        np.testing.assert_allclose(a, b)
+    with pytest.raises(ValueError, match="leak"):
+        FunBaT(**kw).fit(df, ["t", "v"], "v")
+    # a datetime column is days since 1970-01-01: the same fit as those days given as floats
+    days = pd.Timestamp("2020-01-01") + pd.to_timedelta(df["t"] * 30.0, unit="D")
+    dt = df.assign(t=days)
+    fl = df.assign(t=(days - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1))
+    p_dt, p_fl = (FunBaT(**kw).fit(d, ["t", "s"], "v") for d in (dt, fl))
+    np.testing.assert_allclose(p_dt.moments(dt)["mean"], p_fl.moments(fl)["mean"], rtol=1e-6)
+    assert p_dt.extra["lengthscale"]["t"] == pytest.approx(p_fl.extra["lengthscale"]["t"])
+    lat = p_dt.latent("t", pd.to_datetime(["2020-02-01", "2021-01-01"]))
+    np.testing.assert_allclose(
+        lat["mean"], p_fl.latent("t", [18293.0, 18628.0])["mean"],
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="1-D"):
+        p_fl.latent("t", np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="numeric"):
+        FunBaT(**kw).fit(df.assign(v=days), ["t", "s"], "v")
+    # the public data builder checks its input like fit does
+    with pytest.raises(ValueError, match="2-D"):
+        funbat_data(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="one value per row"):
+        funbat_data(np.zeros((3, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        funbat_data(np.array([[0.0, np.nan]]), np.zeros(1))
+
+
+def test_learn_only_the_named_hyperparameters():
+    df = _frame()
+    kw = dict(rank=1, epochs=8, kernel_start=0, progress_bar=False, restarts=1)
+    post = FunBaT(learn_kernel=("lengthscale",), kernel=Matern32(0.7, 0.1), **kw).fit(
+        df, ["t", "s"], "v"
+    )
+    assert all(v == pytest.approx(0.7) for v in post.extra["kernel_variance"].values())
+    spans = {"t": 2.0, "s": 2.0}
+    assert any(post.extra["lengthscale"][c] != pytest.approx(0.1 * spans[c]) for c in spans)
+    with pytest.raises(ValueError, match="does not have"):
+        FunBaT(learn_kernel=("period",), **kw).fit(df, ["t", "s"], "v")
+    with pytest.raises(TypeError, match="learn_kernel"):
+        FunBaT(learn_kernel="lengthscale")

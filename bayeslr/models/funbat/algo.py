@@ -66,6 +66,17 @@ def funbat_data(coords: np.ndarray, y: np.ndarray, decimals: int | None = None) 
         :class:`FunBaTData`. Repeated full coordinate tuples stay separate observations.
     """
     coords = np.asarray(coords, np.float64)
+    y = np.asarray(y)
+    if coords.ndim != 2 or coords.shape[1] < 1:
+        raise ValueError(f"`coords` must be a 2-D array (N, K); got shape {coords.shape}.")
+    if y.shape != (coords.shape[0],):
+        raise ValueError(
+            f"`y` must be 1-D with one value per row of `coords` ({coords.shape[0]}); got shape "
+            f"{y.shape}."
+        )
+    for name, a in (("coords", coords), ("y", y)):
+        if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` must be finite numbers; got NaN/inf or {a.dtype}.")
     if decimals is not None:
         coords = np.round(coords, decimals)
     ticks, idx = [], []
@@ -73,7 +84,7 @@ def funbat_data(coords: np.ndarray, y: np.ndarray, decimals: int | None = None) 
         u, inv = np.unique(coords[:, k], return_inverse=True)
         ticks.append(u)
         idx.append(inv.reshape(-1))
-    return FunBaTData(np.stack(idx, axis=1).astype(np.int32), np.asarray(y), tuple(ticks))
+    return FunBaTData(np.stack(idx, axis=1).astype(np.int32), y, tuple(ticks))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +256,15 @@ def kernel_leaves(kernel: Any) -> Array:
     return jnp.stack([jnp.asarray(v).reshape(()) for v in jax.tree_util.tree_leaves(kernel)])
 
 
+def kernel_leaf_names(kernel: Any) -> tuple[str, ...]:
+    """The name of each hyperparameter of :func:`kernel_leaves` (``"variance"``,
+    ``"lengthscale"``, ...; a sum kernel repeats them per component)."""
+    return tuple(
+        getattr(path[-1], "name", str(path[-1]))
+        for path, _ in jax.tree_util.tree_flatten_with_path(kernel)[0]
+    )
+
+
 def kernel_with(kernel: Any, log_theta: Array) -> Any:
     """``kernel`` with its hyperparameters (:func:`kernel_leaves`) set to ``exp(log_theta)``."""
     leaves, treedef = jax.tree_util.tree_flatten(kernel)
@@ -256,7 +276,7 @@ def kernel_with(kernel: Any, log_theta: Array) -> Any:
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["lr", "prior_loc", "prior_scale"],
+    data_fields=["lr", "prior_loc", "prior_scale", "mask"],
     meta_fields=["steps", "start"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +302,8 @@ class KernelLearning:
         lr: Adam step size (data: a new value does not recompile).
         prior_loc: per mode the prior mean :math:`\theta^0_k` ``(P_k,)`` (log scale).
         prior_scale: :math:`s`, the prior sd on the log scale.
+        mask: per mode ``(P_k,)``, 1 for a hyperparameter that is learned, 0 for one that is
+            kept (its gradient is zeroed).
         steps, start: static: Adam steps per epoch, first epoch that learns (the first
             epochs settle the messages of a random start).
     """
@@ -289,11 +311,12 @@ class KernelLearning:
     lr: Array
     prior_loc: tuple[Array, ...]
     prior_scale: Array
+    mask: tuple[Array, ...]
     steps: int = 5
     start: int = 3
 
 
-def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLearning, loc):
+def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLearning, loc, mask):
     tx = optax.adam(learning.lr)
 
     def loss(th):
@@ -302,12 +325,52 @@ def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLea
 
     def body(carry, _):
         th, st = carry
-        g = jax.grad(loss)(th)
+        g = jax.grad(loss)(th) * mask
         upd, st = tx.update(g, st, th)
         return (optax.apply_updates(th, upd), st), None
 
     (theta, opt_state), _ = jax.lax.scan(body, (theta, opt_state), None, length=learning.steps)
     return theta, opt_state
+
+
+def _learn_kernels(problem, ep, learning, theta, opt):
+    """:func:`_learn_kernel` for every mode. Modes whose kernels share one pytree structure are
+    learned together under ``vmap`` (one compiled copy instead of one per mode): each mode's
+    sites are padded to the longest mode with zero-precision sites after its last coordinate,
+    which add exactly nothing to its evidence."""
+    K = len(theta)
+    trees = [jax.tree_util.tree_structure(k) for k in problem.kernels]
+    if K == 1 or any(t != trees[0] for t in trees):
+        th, op = list(theta), list(opt)
+        for k in range(K):
+            th[k], op[k] = _learn_kernel(
+                problem.kernels[k], problem.ticks[k], ep.lam[k], ep.eta[k], th[k], op[k],
+                learning, learning.prior_loc[k], learning.mask[k],
+            )  # fmt: skip
+        return tuple(th), tuple(op)
+    m = max(t.shape[0] for t in problem.ticks)
+
+    def pad(k):
+        t, lam, eta = problem.ticks[k], ep.lam[k], ep.eta[k]
+        extra = m - t.shape[0]
+        t = jnp.concatenate([t, t[-1] + jnp.arange(1, extra + 1, dtype=t.dtype)])
+        lam = jnp.concatenate([lam, jnp.zeros((extra, *lam.shape[1:]), lam.dtype)])
+        eta = jnp.concatenate([eta, jnp.zeros((extra, *eta.shape[1:]), eta.dtype)])
+        return t, lam, eta
+
+    def stack(xs):
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
+
+    ticks, lam, eta = (jnp.stack(a) for a in zip(*(pad(k) for k in range(K)), strict=True))
+    th, op = jax.vmap(
+        lambda kern, t, la, et, th, op, loc, mask: _learn_kernel(
+            kern, t, la, et, th, op, learning, loc, mask
+        )
+    )(stack(problem.kernels), ticks, lam, eta, jnp.stack(theta), stack(opt),
+      jnp.stack(learning.prior_loc), jnp.stack(learning.mask))  # fmt: skip
+    return tuple(th[k] for k in range(K)), tuple(
+        jax.tree_util.tree_map(lambda a, k=k: a[k], op) for k in range(K)
+    )
 
 
 class FunBaTFit(NamedTuple):
@@ -426,13 +489,7 @@ def funbat_step(key: Array, state: FunBaTFit, problem: FunBaTProblem):
     if learning is not None:
 
         def learn(carry):
-            th, op = list(carry[0]), list(carry[1])
-            for k in range(len(th)):
-                th[k], op[k] = _learn_kernel(
-                    problem.kernels[k], problem.ticks[k], ep.lam[k], ep.eta[k], th[k], op[k],
-                    learning, learning.prior_loc[k],
-                )  # fmt: skip
-            return tuple(th), tuple(op)
+            return _learn_kernels(problem, ep, learning, *carry)
 
         theta, opt = jax.lax.cond(state.epoch >= learning.start, learn, lambda c: c, (theta, opt))
     kernels = tuple(kernel_with(k, t) for k, t in zip(problem.kernels, theta, strict=True))

@@ -26,6 +26,7 @@ from bayeslr.models.funbat.algo import (
     funbat_data,
     funbat_init,
     funbat_step,
+    kernel_leaf_names,
     kernel_leaves,
 )
 from bayeslr.models.funbat.model import funbat_model
@@ -50,15 +51,29 @@ def _parse_kernel(kernel: Any) -> Any:
     return kernel
 
 
+def _as_float(col: pd.Series) -> np.ndarray:
+    """A coordinate column as float64: numbers as they are, datetimes as days since
+    1970-01-01 (the unit of ``lengthscale`` in ``post.extra`` for such a column)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        if getattr(col.dt, "tz", None) is not None:
+            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        days = (col - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)
+        return days.to_numpy(np.float64, na_value=np.nan)
+    return col.to_numpy(np.float64)
+
+
 def _check_frame(df, coords, value) -> tuple[list[str], str]:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(
             f"`df` must be a pandas DataFrame in long format (coordinate columns plus a value "
             f"column); got {type(df).__name__}."
         )
-    if isinstance(coords, str) or not isinstance(coords, Sequence):
-        raise TypeError(f"`coords` must be a list of column names; got {coords!r}.")
-    coords = list(coords)
+    if isinstance(coords, (str, bytes)) or not isinstance(coords, (Sequence, pd.Index, np.ndarray)):
+        raise TypeError(
+            f"`coords` must be a sequence of column names (list, tuple, pd.Index, array); got "
+            f"{coords!r}."
+        )
+    coords = [c.item() if isinstance(c, np.generic) else c for c in coords]
     if len(coords) < 2:
         raise ValueError(
             f"`coords` must name at least 2 coordinate columns (a tensor has K >= 2 modes); "
@@ -68,22 +83,30 @@ def _check_frame(df, coords, value) -> tuple[list[str], str]:
         raise ValueError(f"`coords` must not repeat a column; got {coords!r}.")
     if not isinstance(value, str):
         raise TypeError(f"`value` must be a column name; got {value!r}.")
+    if value in coords:
+        raise ValueError(
+            f"`value` column {value!r} is also in `coords` {coords!r}: the target would be an "
+            "input (a leak); name the coordinate columns only."
+        )
     for col in [*coords, value]:
         if col not in df.columns:
             raise ValueError(
                 f"column {col!r} (from `coords`/`value`) is not in `df`; its columns are "
                 f"{list(df.columns)}."
             )
-        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+        dt_ok = col != value and pd.api.types.is_datetime64_any_dtype(df[col])
+        if not dt_ok and (
+            not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])
+        ):
             raise TypeError(
-                f"column {col!r} must be numeric (continuous coordinates and values); got dtype "
-                f"{df[col].dtype}."
+                f"column {col!r} must be numeric{' or datetime' if col != value else ''} "
+                f"(continuous coordinates and values); got dtype {df[col].dtype}."
             )
-        bad = int((~np.isfinite(df[col].to_numpy(np.float64))).sum())
+        bad = int((~np.isfinite(_as_float(df[col]))).sum())
         if bad:
             raise ValueError(
-                f"column {col!r} must be finite; got {bad} NaN/inf of {len(df)} rows (drop or "
-                "impute them first)."
+                f"column {col!r} must be finite; got {bad} NaN/inf/NaT of {len(df)} rows (drop "
+                "or impute them first)."
             )
     if len(df) < 2:
         raise ValueError(f"`df` must hold at least 2 entries; got {len(df)}.")
@@ -124,7 +147,7 @@ class FunBaTPosterior(ModelPosterior):
                 raise ValueError(
                     f"`new` lacks the coordinate columns {missing}; it has {list(new.columns)}."
                 )
-            x = new[list(cols)].to_numpy(np.float64)
+            x = np.stack([_as_float(new[c]) for c in cols], axis=1)
         else:
             x = np.asarray(new, np.float64)
             if x.ndim != 2 or x.shape[1] != len(cols):
@@ -200,12 +223,14 @@ class FunBaTPosterior(ModelPosterior):
 
         Args:
             column: the coordinate column (mode).
-            values: coordinates (original units) to evaluate at; default the training ticks.
-                Any values: between the ticks (state-space interpolation), before or after
-                them (extrapolation to the prior).
+            values: a scalar or 1-D sequence of coordinates (original units; datetimes for a
+                datetime column) to evaluate at; default the training ticks. Any values:
+                between the ticks (state-space interpolation), before or after them
+                (extrapolation to the prior).
 
         Returns:
-            ``{"coord": (m,), "mean": (m, R), "sd": (m, R)}``. The scale of each
+            ``{"coord": (m,), "mean": (m, R), "sd": (m, R)}`` (``coord`` in the fit's float
+            units: days since 1970-01-01 for a datetime column). The scale of each
             :math:`u^k_r` is not identified (it trades off against the core and the other
             modes); the product that :meth:`moments` returns is.
         """
@@ -214,8 +239,20 @@ class FunBaTPosterior(ModelPosterior):
         k = self.columns.index(column)
         lo, span = self.context["scale"][k]
         ticks = self.context["ticks"][k]
-        vals = ticks * span + lo if values is None else np.asarray(values, np.float64)
-        vals = np.atleast_1d(vals)
+        if values is None:
+            vals = ticks * span + lo
+        else:
+            raw = np.asarray(values)
+            if raw.ndim > 1:
+                raise ValueError(
+                    f"`values` must be a scalar or 1-D (coordinates of the one mode {column!r}); "
+                    f"got shape {raw.shape}."
+                )
+            raw = np.atleast_1d(raw)
+            if np.issubdtype(raw.dtype, np.datetime64) or raw.dtype == object:
+                vals = _as_float(pd.Series(pd.to_datetime(raw)))
+            else:
+                vals = raw.astype(np.float64)
         if not np.all(np.isfinite(vals)):
             raise ValueError(f"`values` must be finite; got {vals!r}.")
         mean, cov = _mode_posterior_at(
@@ -320,7 +357,8 @@ class FunBaT(Estimator):
         learn_kernel: learn every mode's kernel hyperparameters (variance, lengthscale, ...)
             by type-II MAP on the mode's Kalman evidence between epochs
             (:class:`~bayeslr.models.funbat.KernelLearning`); ``kernel`` is then the starting
-            point and the centre of a log-normal prior. ``False`` keeps ``kernel`` fixed.
+            point and the centre of a log-normal prior. ``False`` keeps ``kernel`` fixed; a
+            sequence of names (e.g. ``("lengthscale",)``) learns only those.
         kernel_steps, kernel_lr: Adam steps per epoch and step size (log scale).
         kernel_start: first epoch that learns (the messages of a random start settle first).
         kernel_prior_scale: sd of the log-normal prior on each hyperparameter (log scale).
@@ -354,17 +392,17 @@ class FunBaT(Estimator):
         progress_bar: bool = True,
         restarts: int = 3,
         screen_epochs: int = 10,
-        tol: float = 1e-4,
+        tol: float = 1e-3,
         window: int = 5,
         parallel: bool = False,
-        learn_kernel: bool = True,
+        learn_kernel: bool | Sequence[str] = True,
         kernel_steps: int = 5,
         kernel_lr: float = 0.05,
         kernel_start: int = 3,
         kernel_prior_scale: float = 1.5,
         rank_candidates: Sequence[int] = (3, 5, 8),
         validation: float = 0.1,
-        max_core: int = 512,
+        max_core: int = 1024,
     ):
         if rank == "auto":
             self.rank = "auto"
@@ -413,8 +451,7 @@ class FunBaT(Estimator):
                 raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
         if scale not in ("unit", None):
             raise ValueError(f"`scale` must be 'unit' or None; got {scale!r}.")
-        flags = (("cp", cp), ("standardize", standardize), ("parallel", parallel),
-                 ("learn_kernel", learn_kernel))  # fmt: skip
+        flags = (("cp", cp), ("standardize", standardize), ("parallel", parallel))
         for name, v in flags:
             if not isinstance(v, bool):
                 raise TypeError(f"`{name}` must be a bool; got {v!r}.")
@@ -428,7 +465,14 @@ class FunBaT(Estimator):
         self.standardize = standardize
         self.decimals = decimals
         self.parallel = parallel
-        self.learn_kernel = learn_kernel
+        if isinstance(learn_kernel, str) or not isinstance(learn_kernel, (bool, Sequence)) or (
+                not isinstance(learn_kernel, bool) and not all(isinstance(n, str)
+                                                               for n in learn_kernel)):  # fmt: skip
+            raise TypeError(
+                "`learn_kernel` must be a bool or a sequence of hyperparameter names such as "
+                f"('lengthscale',); got {learn_kernel!r}."
+            )
+        self.learn_kernel = learn_kernel if isinstance(learn_kernel, bool) else tuple(learn_kernel)
 
     def _kernels(self, K: int) -> tuple[Any, ...]:
         ks = self.kernel
@@ -448,6 +492,13 @@ class FunBaT(Estimator):
                     f"Matern32) or be one of {sorted(_KERNELS)}; got {type(k).__name__}."
                 )
             if self.learn_kernel:
+                names = kernel_leaf_names(k)
+                unknown = set(() if self.learn_kernel is True else self.learn_kernel) - set(names)
+                if unknown:
+                    raise ValueError(
+                        f"`learn_kernel` names {sorted(unknown)}, which `kernel`{where} does not "
+                        f"have; its hyperparameters are {sorted(set(names))}."
+                    )
                 leaves = np.asarray(kernel_leaves(k), np.float64)
                 if not np.all(leaves > 0):
                     raise ValueError(
@@ -472,7 +523,7 @@ class FunBaT(Estimator):
         coords, value = _check_frame(df, coords, value)
         K = len(coords)
         kernels = self._kernels(K)
-        raw = df[coords].to_numpy(np.float64)
+        raw = np.stack([_as_float(df[c]) for c in coords], axis=1)
         if self.decimals is not None:
             raw = np.round(raw, self.decimals)
         scale = []
@@ -517,6 +568,8 @@ class FunBaT(Estimator):
             lr=jnp.asarray(self.kernel_lr, dtype),
             prior_loc=tuple(jnp.log(kernel_leaves(k)).astype(dtype) for k in kernels),
             prior_scale=jnp.asarray(self.kernel_prior_scale, dtype),
+            mask=tuple(jnp.asarray([self.learn_kernel is True or n in self.learn_kernel
+                                    for n in kernel_leaf_names(k)], dtype) for k in kernels),
             steps=self.kernel_steps, start=self.kernel_start,
         )  # fmt: skip
 
