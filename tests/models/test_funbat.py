@@ -420,7 +420,7 @@ def test_rank_auto_grows_while_validation_improves(x64):
     assert fixed.extra["rank_scores"] == {} and len(fixed.results) == 1
     # Tucker candidates whose core exceeds max_core are skipped; none left is an error
     with pytest.raises(ValueError, match="max_core"):
-        FunBaT(rank="auto", rank_candidates=(30,), progress_bar=False).fit(df, ["x", "y"], "value")
+        FunBaT(rank="auto", rank_candidates=(40,), progress_bar=False).fit(df, ["x", "y"], "value")
     for kwargs, match in ((dict(rank="big"), "rank"), (dict(rank_candidates=(3, 2)), "increasing"),
                           (dict(validation=0.7), "validation")):  # fmt: skip
         with pytest.raises(ValueError, match=match):

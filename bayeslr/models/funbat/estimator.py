@@ -308,13 +308,14 @@ class FunBaT(Estimator):
 
     Example::
 
-        from bayeslr.datasets import load_ozone
+        from bayeslr.datasets import load_ozone, split_entries
         from bayeslr.models import FunBaT
 
         df = load_ozone().to_long()      # columns lat, lon, month, value
-        post = FunBaT(rank=3).fit(df, coords=["lat", "lon", "month"], value="value")
-        post.moments(df.head())          # predictive mean, variance, sd (closed form)
-        post.predict(df.head())["y"]     # posterior predictive draws, (draws, 5)
+        train, test = split_entries(df[df["month"] < 6], test_frac=0.2, seed=0)
+        post = FunBaT(rank=3).fit(train, coords=["lat", "lon", "month"], value="value")
+        post.moments(test.head())        # predictive mean, variance, sd (closed form)
+        post.predict(test.head())["y"]   # posterior predictive draws, (draws, 5)
         post.latent("month")             # the 3 latent functions of time, with sd
         post.score(test)                 # held-out log predictive density
         post.to_arviz()                  # u_0.., W, tau; log_likelihood of y for az.loo
