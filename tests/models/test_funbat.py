@@ -476,3 +476,169 @@ def test_learn_only_the_named_hyperparameters():
         FunBaT(learn_kernel=("period",), **kw).fit(df, ["t", "s"], "v")
     with pytest.raises(TypeError, match="learn_kernel"):
         FunBaT(learn_kernel="lengthscale")
+
+
+def _random_state(rng, sizes, R, K, cp):
+    from bayeslr.models.funbat.algo import FunBaTState, _superdiagonal
+
+    def psd(m):
+        b = rng.standard_normal((m, R, R))
+        return 0.2 * b @ np.swapaxes(b, 1, 2) + 0.1 * np.eye(R)
+
+    size = R**K
+    b = rng.standard_normal((size, size))
+    core_cov = 0.05 * b @ b.T + 0.01 * np.eye(size)
+    core = np.asarray(_superdiagonal(R, K, jnp.float64)) if cp else rng.standard_normal(size)
+    return FunBaTState(
+        tuple(jnp.asarray(rng.standard_normal((m, R))) for m in sizes),
+        tuple(jnp.asarray(psd(m)) for m in sizes), tuple(jnp.asarray(psd(m)) for m in sizes),
+        tuple(jnp.asarray(rng.standard_normal((m, R))) for m in sizes),
+        jnp.asarray(core), jnp.asarray(np.zeros((size, size)) if cp else core_cov),
+        jnp.asarray(core_cov), jnp.asarray(rng.standard_normal(size)), jnp.asarray(3.0),
+        jnp.asarray(2.0),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cp", [False, True])
+def test_padded_epoch_is_the_epoch_on_the_data(x64, rng, cp):
+    # Weight-0 entries and data-free coordinates after each mode's last one (the bucket
+    # padding that lets fits of similar size share a compiled step) change nothing: the
+    # padded epoch, cut back to the real coordinates, is the epoch on the data (Tucker's core
+    # precision summed up the prefix groups, CP without).
+    from bayeslr.models.funbat.algo import (
+        FunBaTData,
+        entry_groups,
+        funbat_epoch,
+        padded,
+        unpadded,
+    )
+
+    sizes, R, K, n = (5, 7, 4), 2, 3, 30
+    ticks = tuple(np.sort(rng.uniform(0, 1, m)) for m in sizes)
+    idx = np.stack([rng.integers(0, m, n) for m in sizes], 1).astype(np.int32)
+    y = rng.standard_normal(n)
+    kernels = (Matern32(1.0, 0.3), Matern12(1.0, 0.5), Matern32(0.7, 0.2))
+    state = _random_state(rng, sizes, R, K, cp)
+    kw = dict(cp=cp, damping=(0.3, 0.5, 0.6), a0=1.0, b0=1.0)
+    want, mse = funbat_epoch(state, jnp.asarray(idx), jnp.asarray(y),
+                             tuple(map(jnp.asarray, ticks)), kernels, **kw)  # fmt: skip
+    idx_p, y_p, w, ticks_p = padded(FunBaTData(idx, y, ticks))
+    assert idx_p.shape[0] == 32 and [t.size for t in ticks_p] == [16, 16, 16]
+
+    def pad(xs, fill):
+        return tuple(jnp.concatenate([x, fill(16 - x.shape[0], x)]) for x in xs)
+
+    junk = lambda m, x: jnp.asarray(rng.standard_normal((m, *x.shape[1:])))  # noqa: E731
+    zeros = lambda m, x: jnp.zeros((m, *x.shape[1:]))  # noqa: E731
+    eye = lambda m, x: jnp.broadcast_to(jnp.eye(R), (m, R, R))  # noqa: E731
+    padded_state = state._replace(mu=pad(state.mu, junk), cov=pad(state.cov, eye),
+                                  lam=pad(state.lam, zeros), eta=pad(state.eta, zeros))
+    got, mse_p = funbat_epoch(padded_state, jnp.asarray(idx_p), jnp.asarray(y_p),
+                              tuple(map(jnp.asarray, ticks_p)), kernels, weight=jnp.asarray(w),
+                              groups=None if cp else tuple(entry_groups(idx_p, [16] * K, k)
+                                                           for k in range(K)),
+                              **kw)  # fmt: skip
+    got = unpadded(got, sizes)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(float(mse_p), float(mse), rtol=1e-10)
+
+
+def test_fits_of_similar_size_share_compiled_steps():
+    from tests.conftest import compile_records
+
+    rng = np.random.default_rng(3)
+    g = np.meshgrid(np.linspace(0, 1, 9), np.linspace(0, 2, 11), indexing="ij")
+    df = pd.DataFrame({"a": g[0].ravel(), "b": g[1].ravel()})
+    df["v"] = np.sin(3 * df["a"]) * np.cos(2 * df["b"]) + 0.1 * rng.standard_normal(len(df))
+    kw = dict(rank=2, epochs=4, progress_bar=False, restarts=1, num_samples=5)
+    FunBaT(**kw).fit(df.iloc[:90], ["a", "b"], "v")
+    # another seed, 5 more entries, the same buckets: the training loop compiles nothing again
+    # (only the unpadded data of the new posterior are moved to the device)
+    post, compiled = compile_records(
+        lambda: FunBaT(seed=1, **kw).fit(df.iloc[:95], ["a", "b"], "v")
+    )
+    heavy = [m for m in compiled if "XLA compilation" in m and
+             not any(f"jit({op})" in m for op in ("convert_element_type", "stage"))]
+    assert heavy == [], heavy
+    assert any("XLA compilation" in m for m in compiled)  # the log is captured
+    assert post.samples["u_0"].shape[-1] == 9 and post.state.mu[1].shape == (11, 2)
+
+
+def test_far_extrapolation_tends_to_the_signal_spread(x64):
+    # The latent functions keep unit prior variance (the scale lives in the core), so far
+    # beyond the data the predictive sd tends to the spread of the fitted signal plus the
+    # noise: the data's own scale, not a kernel variance that grows with the rank.
+    rng = np.random.default_rng(0)
+    g = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 30, 16), indexing="ij")
+    df = pd.DataFrame({"x": g[0].ravel(), "year": g[1].ravel()})
+    df["v"] = 280 + 15 * np.sin(4 * df["x"]) * np.cos(df["year"] / 5) + rng.normal(0, 1, len(df))
+    spread = df["v"].std()
+    for rank in (3,):
+        post = FunBaT(rank=rank, epochs=25, **FAST).fit(df, ["x", "year"], "v")
+        xs = np.unique(df["x"])
+        for year in (120.0, 1000.0):  # 3 and 30 times the data's range beyond its end
+            far = post.moments(np.stack([xs, np.full_like(xs, year)], 1))
+            rms = np.sqrt(np.mean(far["variance"]))
+            assert 0.5 * spread < rms < 2.0 * spread, (rank, year, rms, spread)
+            np.testing.assert_allclose(far["mean"], df["v"].mean(), rtol=1e-3)
+        assert set(post.extra["kernel_variance"].values()) == {1.0}
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_grouped_precisions_are_the_per_entry_sums(x64, rng, K):
+    # sum_n w_n (x)_k E[u^k u^k^T]_n up nested prefix groups (padded to bucket sizes) equals
+    # the per-entry sum, with the modes in any order of size; so do the modes' messages
+    from bayeslr.models.funbat.algo import (
+        _grouped_mode_precision,
+        _grouped_second_moment,
+        entry_groups,
+    )
+
+    R, n = 2, 40
+    sizes = (6, 3, 5, 4)[:K]
+    idx = np.stack([rng.integers(0, m, n) for m in sizes], 1).astype(np.int32)
+    w = rng.uniform(0, 1, n)
+    w[-5:] = 0.0
+    mus, covs, _ = _rand_moments(rng, max(sizes), R, K)
+    m2u = [jnp.asarray(c + m[:, :, None] * m[:, None, :]) for m, c in zip(mus, covs, strict=True)]
+    m2s = [m2u[k][idx[:, k]] for k in range(K)]
+    _, want = _entry_moments([jnp.asarray(m[idx[:, k]]) for k, m in enumerate(mus)],
+                             [jnp.asarray(w)[:, None, None] * m2s[0], *m2s[1:]], R, K)  # fmt: skip
+    groups = entry_groups(idx, sizes)
+    assert groups.order == tuple(np.argsort(sizes, kind="stable"))
+    got = _grouped_second_moment(m2u, jnp.asarray(idx), jnp.asarray(w), groups, R)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-12)
+    # each mode's message precision per coordinate, from the groups with that mode first
+    core = jnp.asarray(rng.standard_normal(R**K))
+    mus_n = [jnp.asarray(m[idx[:, k]]) for k, m in enumerate(mus)]
+    for k in range(K):
+        _, b = _mode_messages(k, mus_n, m2s, core, R, K, cp=False)
+        want_k = jax.ops.segment_sum(jnp.asarray(w)[:, None, None] * b, jnp.asarray(idx[:, k]),
+                                     num_segments=max(sizes))  # fmt: skip
+        g_k = entry_groups(idx, sizes, first=k)
+        assert g_k.order[0] == k
+        got_k = _grouped_mode_precision(k, m2u, jnp.asarray(idx), jnp.asarray(w), core, g_k, R, K)
+        np.testing.assert_allclose(np.asarray(got_k), np.asarray(want_k), rtol=1e-10, atol=1e-12)
+
+
+def test_long_modes_learn_their_kernel_on_a_strided_subset(x64):
+    # An irregular mode (every entry its own time) with more coordinates than
+    # kernel_max_sites learns on the exact evidence of every s-th coordinate's sites: the
+    # learned lengthscale stays near the one learned on all sites
+    from bayeslr.models.funbat.algo import _vmap_groups
+
+    rng = np.random.default_rng(1)
+    n = 600
+    t = rng.uniform(0, 10, n)
+    s = rng.integers(0, 5, n).astype(float)
+    df = pd.DataFrame({"t": t, "s": s, "v": np.sin(t) * (1 + 0.3 * s) + 0.1 * rng.normal(size=n)})
+    kw = dict(rank=1, cp=True, epochs=30, kernel_start=0, **FAST)
+    ls = {m: FunBaT(kernel_max_sites=m, **kw).fit(df, ["t", "s"], "v").extra["lengthscale"]["t"]
+          for m in (1024, 100)}  # fmt: skip
+    assert 0.5 < ls[100] / ls[1024] < 2.0, ls
+    assert ls[1024] != pytest.approx(0.1 * (t.max() - t.min()), rel=0.05)  # it did learn
+    with pytest.raises(ValueError, match="kernel_max_sites"):
+        FunBaT(kernel_max_sites=1)
+    k = [Matern32(1.0, 0.1), Matern32(1.0, 0.2), Matern12(1.0, 0.1), Matern32(1.0, 0.3)]
+    assert _vmap_groups(k, [16, 64, 16, 1024]) == [[0, 1], [3], [2]]

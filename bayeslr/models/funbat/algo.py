@@ -17,11 +17,13 @@ from jaxtyping import Array
 from bayeslr.linalg.statespace import gaussian_sites_log_evidence, smooth_gaussian_sites
 
 __all__ = [
+    "EntryGroups",
     "FunBaTData",
     "FunBaTFit",
     "FunBaTProblem",
     "FunBaTState",
     "KernelLearning",
+    "entry_groups",
     "fitted_kernels",
     "funbat_data",
     "funbat_epoch",
@@ -85,6 +87,130 @@ def funbat_data(coords: np.ndarray, y: np.ndarray, decimals: int | None = None) 
         ticks.append(u)
         idx.append(inv.reshape(-1))
     return FunBaTData(np.stack(idx, axis=1).astype(np.int32), y, tuple(ticks))
+
+
+def size_bucket(n: int) -> int:
+    """The padded size of ``n`` entries or coordinates of a fit: the next power of two (at
+    least 16) up to 1024, above that the next multiple of :math:`2^{b-4}` (:math:`b` the bit
+    length of ``n``: at most 1/8 more). Fits whose sizes share buckets share compiled steps."""
+    n = int(n)
+    if n <= 1024:
+        return max(16, 1 << max(0, n - 1).bit_length())
+    g = 1 << (n.bit_length() - 4)
+    return -(-n // g) * g
+
+
+def padded(data: FunBaTData) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    r"""``data`` padded to :func:`size_bucket` sizes: ``(idx, y, weight, ticks)``.
+
+    Padding entries have weight 0 (index 0, value 0): they send no messages
+    (:func:`funbat_epoch`). Padding coordinates follow each mode's last one at unit-range
+    steps and carry no entries: zero-precision sites after the data, which change neither the
+    smoothed posterior at the real coordinates nor the mode's evidence. So the padded fit is
+    the fit, at shapes that other fits of similar size share.
+    """
+    n, K = data.idx.shape
+    n_pad = size_bucket(n)
+    idx = np.zeros((n_pad, K), np.int32)
+    idx[:n] = data.idx
+    y = np.zeros(n_pad, np.asarray(data.y).dtype)
+    y[:n] = data.y
+    weight = np.zeros(n_pad)
+    weight[:n] = 1.0
+    ticks = []
+    for t in data.ticks:
+        step = max(float(t[-1] - t[0]), 1.0)
+        extra = size_bucket(t.size) - t.size
+        ticks.append(np.concatenate([t, t[-1] + step * np.arange(1, extra + 1)]))
+    return idx, y, weight, tuple(ticks)
+
+
+def unpadded(state: FunBaTState, sizes: Sequence[int]) -> FunBaTState:
+    """The message-passing state at the real coordinates (``sizes[k]`` of mode ``k``)."""
+    def cut(xs):
+        return tuple(x[:m] for x, m in zip(xs, sizes, strict=True))
+
+    return state._replace(mu=cut(state.mu), cov=cut(state.cov), lam=cut(state.lam),
+                          eta=cut(state.eta))  # fmt: skip
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["at", "parent"], meta_fields=["order"]
+)
+@dataclasses.dataclass(frozen=True)
+class EntryGroups:
+    r"""Nested prefix groups of the entries, for :math:`\sum_n \otimes_k E[u^k u^{k\top}]_n`
+    in :math:`O(\sum_j G_j R^{2(K-j)})` instead of :math:`O(N R^{2K})`.
+
+    With the modes taken in ``order`` :math:`\pi`, level :math:`j` groups the entries by
+    their coordinates in modes :math:`\pi_0..\pi_j` (:math:`G_j` unique prefixes; on a grid
+    :math:`G_0 = M_{\pi_0} \ll N`).
+
+    Attributes:
+        at: per level :math:`j = 0..K-2` the coordinate index of each group in mode
+            :math:`\pi_j`, ``(G_j,)``.
+        parent: per level :math:`j = 0..K-2` the level-:math:`j` group of each item one level
+            down: of each level-:math:`(j+1)` group, and at the last level of each entry
+            ``(N,)``.
+        order: static: :math:`\pi`, the modes by increasing number of coordinates.
+    """
+
+    at: tuple[Array, ...]
+    parent: tuple[Array, ...]
+    order: tuple[int, ...]
+
+
+def entry_groups(idx: np.ndarray, sizes: Sequence[int], first: int | None = None) -> EntryGroups:
+    """:class:`EntryGroups` of the ``(N, K)`` coordinate indices ``idx`` (host side, padded to
+    :func:`size_bucket` sizes with empty groups, which sum to zero): the modes by increasing
+    ``sizes``, or mode ``first`` and then the others by size."""
+    idx = np.asarray(idx)
+    K = idx.shape[1]
+    order = tuple(int(k) for k in np.argsort(np.asarray(sizes), kind="stable"))
+    if first is not None:
+        order = (first, *(k for k in order if k != first))
+    at, parent = [], []
+    below = None  # the prefix tuples of the level under construction's children
+    for j in range(K - 2, -1, -1):  # the deepest level first: its children are the entries
+        keys = idx[:, order[: j + 1]] if below is None else below[:, : j + 1]
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        g = size_bucket(uniq.shape[0])
+        at_j = np.zeros(g, np.int32)
+        at_j[: uniq.shape[0]] = uniq[:, j]
+        par = np.zeros(keys.shape[0] if below is None else size_bucket(keys.shape[0]), np.int32)
+        par[: keys.shape[0]] = inv.reshape(-1)
+        at.insert(0, at_j)
+        parent.insert(0, par)
+        below = uniq
+    return EntryGroups(tuple(map(jnp.asarray, at)), tuple(map(jnp.asarray, parent)), order)
+
+
+def _prefix_sums(m2u, idx, w, groups: EntryGroups) -> Array:
+    r"""Per level-0 group :math:`g` (one coordinate of mode :math:`\pi_0`),
+    :math:`\sum_{n \in g} w_n \otimes_{j \ge 1} E[u^{\pi_j}u^{\pi_j\top}]_{i_{\pi_j}(n)}`:
+    ``(G_0, R, R, ..., R, R)``, the pair of axes of :math:`\pi_1` first."""
+    order = groups.order
+    K = len(order)
+    last = order[-1]
+    acc = w[:, None, None] * m2u[last][idx[:, last]]  # (N, R, R): the entries' last factor
+    for j in range(K - 2, -1, -1):
+        acc = jax.ops.segment_sum(acc, groups.parent[j], num_segments=groups.at[j].shape[0])
+        if j:
+            acc = jnp.einsum("grs,g...->grs...", m2u[order[j]][groups.at[j]], acc, precision=_HI)
+    return acc
+
+
+def _grouped_second_moment(m2u, idx, w, groups: EntryGroups, R: int) -> Array:
+    r""":math:`\sum_n w_n \otimes_k E[u^k u^{k\top}]_{i_k(n)}` as ``(R^K, R^K)`` (rows the
+    :math:`R^K` core index, columns its copy), summed up the prefix groups of ``groups``."""
+    order = groups.order
+    K = len(order)
+    acc = _prefix_sums(m2u, idx, w, groups)
+    m2_first = m2u[order[0]][groups.at[0]]
+    total = jnp.einsum("grs,g...->rs...", m2_first, acc, precision=_HI)
+    # axes (r_{pi0}, s_{pi0}, r_{pi1}, s_{pi1}, ...)
+    rows = [2 * order.index(k) for k in range(K)]
+    return jnp.transpose(total, rows + [r + 1 for r in rows]).reshape(R**K, R**K)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,16 +278,51 @@ def _mode_messages(k, mus, m2s, core, R, K, cp):
     return a, b
 
 
+def _grouped_mode_precision(k, m2u, idx, w, core, groups: EntryGroups, R, K) -> Array:
+    r"""Tucker's message precision of mode :math:`k` summed per coordinate,
+    :math:`\sum_{n: i_k(n) = i} w_n B_n` ``(M_k, R, R)`` with :math:`B_n = \bar W_{(k)}
+    (\otimes_{j \ne k} E[u^ju^{j\top}]_n) \bar W_{(k)}^\top` (the same as the per-entry
+    form), from the prefix sums of ``groups`` (mode :math:`k` first): :math:`O(M_k R^{2K-1})`
+    after the sums instead of :math:`O(N R^{2K-1})`."""
+    order = groups.order
+    acc = _prefix_sums(m2u, idx, w, groups)
+    wk = core.reshape((R,) * K)
+    i1 = "".join("r" if j == k else _AX[j] for j in range(K))
+    i2 = "".join("s" if j == k else _AX2[j] for j in range(K))
+    ia = "g" + "".join(_AX[j] + _AX2[j] for j in order[1:])
+    lam = jnp.einsum(f"{i1},{i2},{ia}->grs", wk, wk, acc, precision=_HI,
+                     optimize="optimal")  # fmt: skip
+    return jax.ops.segment_sum(lam, groups.at[0], num_segments=m2u[k].shape[0])
+
+
+def _mode_mean_message(k, mus, core, R, K):
+    """Per-entry :math:`a_n = \\bar W_{(k)}E[z]` ``(N, R)`` (Tucker)."""
+    others = [j for j in range(K) if j != k]
+    w = core.reshape((R,) * K)
+    i1 = "".join("r" if j == k else _AX[j] for j in range(K))
+    return jnp.einsum(
+        f"{i1}," + ",".join(f"n{_AX[j]}" for j in others) + "->nr",
+        w,
+        *[mus[j] for j in others],
+        precision=_HI,
+    )
+
+
+def _entry_means(mus, K):
+    """:math:`E[z_n] = \\otimes_k E[u^k]_n`, ``(N, R^K)``."""
+    ez = jnp.einsum(",".join(f"n{_AX[j]}" for j in range(K)) + "->n" + _AX[:K], *mus, precision=_HI)
+    return ez.reshape(ez.shape[0], -1)
+
+
 def _entry_moments(mus, m2s, R, K):
     """:math:`E[z_n]` ``(N, R^K)`` and :math:`\\sum_n E[z_nz_n^\\top]` ``(R^K, R^K)``."""
-    ez = jnp.einsum(",".join(f"n{_AX[j]}" for j in range(K)) + "->n" + _AX[:K], *mus, precision=_HI)
+    ez = _entry_means(mus, K)
     ezz = jnp.einsum(
         ",".join(f"n{_AX[j]}{_AX2[j]}" for j in range(K)) + "->" + _AX[:K] + _AX2[:K],
         *m2s,
         precision=_HI,
     )
-    n = ez.shape[0]
-    return ez.reshape(n, -1), ezz.reshape(R**K, R**K)
+    return ez, ezz.reshape(R**K, R**K)
 
 
 def funbat_epoch(
@@ -176,6 +337,8 @@ def funbat_epoch(
     a0: float = 1.0,
     b0: float = 1.0,
     parallel: bool = False,
+    weight: Array | None = None,
+    groups: Sequence[EntryGroups] | None = None,
 ) -> tuple[FunBaTState, Array]:
     r"""One epoch of FunBaT's message passing (module docstring): every mode, then the core
     (Tucker only), then the noise. Pure and jittable (``cp``, ``damping``, ``a0``, ``b0``
@@ -192,25 +355,42 @@ def funbat_epoch(
         a0, b0: Gamma prior of :math:`\tau`.
         parallel: run each mode's smoother as an associative scan (:math:`O(\log M_k)`
             depth, for accelerators) instead of ``lax.scan``.
+        weight: ``(N,)`` 0/1 weights of the entries (``None``: all 1). An entry of weight 0
+            sends no message and does not count in the noise or the error: the epoch equals
+            the epoch without it, at the same array shapes (so a validation split and the fit
+            on all entries share one compiled step).
+        groups: per mode :math:`k`, :func:`entry_groups` of ``idx`` with mode :math:`k`
+            first (Tucker): the modes' message precisions and the core's precision
+            :math:`\sum_n E[z_nz_n^\top]` summed up nested prefix groups instead of entry by
+            entry (on a grid :math:`O(N R^2 + \dots + M_k R^{2K})` instead of
+            :math:`O(N R^{2K})`; exact). ``None``: the per-entry sums.
 
     Returns:
-        ``(new_state, train_mse)`` where ``train_mse`` is the mean squared error of the
-        posterior-mean prediction on the training entries after the update.
+        ``(new_state, train_mse)`` where ``train_mse`` is the (weighted) mean squared error of
+        the posterior-mean prediction on the training entries after the update.
     """
     rho_u, rho_w, rho_t = damping
     K = idx.shape[1]
     R = state.mu[0].shape[1]
-    n = y.shape[0]
+    w = jnp.ones_like(y) if weight is None else jnp.asarray(weight, y.dtype)
+    n = jnp.sum(w)
+    wy = w * y
     e_tau = state.tau_a / state.tau_b
     mu, cov, lam, eta = list(state.mu), list(state.cov), list(state.lam), list(state.eta)
     # per-entry moments of every mode; after a mode's update only its own are refreshed
     mus = [mu[j][idx[:, j]] for j in range(K)]
     m2s = [_second_moments(mu[j], cov[j])[idx[:, j]] for j in range(K)]
     for k in range(K):
-        a, b = _mode_messages(k, mus, m2s, state.core_mean, R, K, cp)
         m_k = mu[k].shape[0]
-        lam_new = e_tau * jax.ops.segment_sum(b, idx[:, k], num_segments=m_k)
-        eta_new = e_tau * jax.ops.segment_sum(y[:, None] * a, idx[:, k], num_segments=m_k)
+        if groups is None or cp:
+            a, b = _mode_messages(k, mus, m2s, state.core_mean, R, K, cp)
+            lam_sum = jax.ops.segment_sum(w[:, None, None] * b, idx[:, k], num_segments=m_k)
+        else:
+            a = _mode_mean_message(k, mus, state.core_mean, R, K)
+            m2u = [_second_moments(mu[j], cov[j]) for j in range(K)]
+            lam_sum = _grouped_mode_precision(k, m2u, idx, w, state.core_mean, groups[k], R, K)
+        lam_new = e_tau * lam_sum
+        eta_new = e_tau * jax.ops.segment_sum(wy[:, None] * a, idx[:, k], num_segments=m_k)
         lam[k] = rho_u * lam[k] + (1.0 - rho_u) * lam_new
         eta[k] = rho_u * eta[k] + (1.0 - rho_u) * eta_new
         mu[k], cov[k] = smooth_gaussian_sites(
@@ -224,11 +404,17 @@ def funbat_epoch(
     if cp:
         f = jnp.sum(jnp.prod(jnp.stack(mus), axis=0), axis=1)
         f2 = jnp.sum(jnp.prod(jnp.stack(m2s), axis=0), axis=(1, 2))
-        sq = jnp.sum(y**2 - 2.0 * y * f + f2)
+        sq = jnp.sum(w * (y**2 - 2.0 * y * f + f2))
     else:
-        ez, ezz = _entry_moments(mus, m2s, R, K)
+        if groups is None:
+            ez, ezz = _entry_moments(mus, [w[:, None, None] * m2s[0], *m2s[1:]], R, K)
+        else:
+            ez = _entry_means(mus, K)
+            m2u = [_second_moments(mu[j], cov[j]) for j in range(K)]
+            first = min(range(K), key=lambda j: mu[j].shape[0])  # the fewest level-0 groups
+            ezz = _grouped_second_moment(m2u, idx, w, groups[first], R)
         core_lam = rho_w * core_lam + (1.0 - rho_w) * e_tau * ezz
-        core_eta = rho_w * core_eta + (1.0 - rho_w) * e_tau * (y @ ez)
+        core_eta = rho_w * core_eta + (1.0 - rho_w) * e_tau * (wy @ ez)
         prec = core_lam + jnp.eye(R**K, dtype=core_lam.dtype)
         chol = jnp.linalg.cholesky(0.5 * (prec + prec.T))
         core_cov = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(R**K, dtype=prec.dtype))
@@ -236,14 +422,14 @@ def funbat_epoch(
         core_mean = core_cov @ core_eta
         f = ez @ core_mean
         eww = core_cov + jnp.outer(core_mean, core_mean)
-        sq = jnp.sum(y**2) - 2.0 * jnp.dot(y, f) + jnp.sum(eww * ezz)
-    tau_a = jnp.asarray(a0 + 0.5 * n, state.tau_b.dtype)
+        sq = jnp.sum(wy * y) - 2.0 * jnp.dot(wy, f) + jnp.sum(eww * ezz)
+    tau_a = (a0 + 0.5 * n).astype(state.tau_b.dtype)
     tau_b = rho_t * state.tau_b + (1.0 - rho_t) * (b0 + 0.5 * jnp.maximum(sq, 0.0))
     new = FunBaTState(
         tuple(mu), tuple(cov), tuple(lam), tuple(eta), core_mean, core_cov, core_lam, core_eta,
         tau_a, tau_b,
     )  # fmt: skip
-    return new, jnp.mean((y - f) ** 2)
+    return new, jnp.sum(w * (y - f) ** 2) / jnp.maximum(n, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +463,7 @@ def kernel_with(kernel: Any, log_theta: Array) -> Any:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["lr", "prior_loc", "prior_scale", "mask"],
-    meta_fields=["steps", "start"],
+    meta_fields=["steps", "start", "max_sites"],
 )
 @dataclasses.dataclass(frozen=True)
 class KernelLearning:
@@ -306,6 +492,11 @@ class KernelLearning:
             kept (its gradient is zeroed).
         steps, start: static: Adam steps per epoch, first epoch that learns (the first
             epochs settle the messages of a random start).
+        max_sites: static: a mode with more coordinates than this learns on every
+            :math:`s`-th of them (the exact evidence of a strided subset of its sites, over the
+            whole range): the Kalman evidence and its gradient are a sequential scan, so an
+            irregular mode with :math:`10^4` coordinates would otherwise cost seconds per
+            epoch.
     """
 
     lr: Array
@@ -314,6 +505,7 @@ class KernelLearning:
     mask: tuple[Array, ...]
     steps: int = 5
     start: int = 3
+    max_sites: int = 1024
 
 
 def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLearning, loc, mask):
@@ -333,44 +525,82 @@ def _learn_kernel(kernel, ticks, lam, eta, theta, opt_state, learning: KernelLea
     return theta, opt_state
 
 
+def _learning_sites(problem, ep, k: int, max_sites: int):
+    """Mode ``k``'s coordinates and site messages for its kernel's evidence: all of them, or
+    for a mode with more than ``max_sites`` coordinates every :math:`s`-th
+    (:math:`s = \\lceil M_k / \\text{max\\_sites}\\rceil`): the exact evidence of a strided
+    subset of the sites, spanning the mode's whole range."""
+    t, lam, eta = problem.ticks[k], ep.lam[k], ep.eta[k]
+    m = t.shape[0]
+    if m > max_sites:
+        s = -(-m // max_sites)
+        t, lam, eta = t[::s], lam[::s], eta[::s]
+    return t, lam, eta
+
+
+def _vmap_groups(kernels, lengths) -> list[list[int]]:
+    """Modes learned together under one ``vmap``: the same kernel pytree structure and
+    lengths within a factor 4 (shorter ones are padded to the longest of their group)."""
+    groups: list[list[int]] = []
+    by_tree: dict[Any, list[int]] = {}
+    for k, kern in enumerate(kernels):
+        by_tree.setdefault(jax.tree_util.tree_structure(kern), []).append(k)
+    for members in by_tree.values():
+        members = sorted(members, key=lambda k: lengths[k])
+        current = [members[0]]
+        for k in members[1:]:
+            if lengths[k] <= 4 * lengths[current[0]]:
+                current.append(k)
+            else:
+                groups.append(current)
+                current = [k]
+        groups.append(current)
+    return groups
+
+
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
 def _learn_kernels(problem, ep, learning, theta, opt):
-    """:func:`_learn_kernel` for every mode. Modes whose kernels share one pytree structure are
-    learned together under ``vmap`` (one compiled copy instead of one per mode): each mode's
-    sites are padded to the longest mode with zero-precision sites after its last coordinate,
-    which add exactly nothing to its evidence."""
+    """:func:`_learn_kernel` for every mode, on :func:`_learning_sites`. Modes of one
+    :func:`_vmap_groups` group are learned together under ``vmap`` (one compiled copy instead
+    of one per mode): their sites are padded to the group's longest with zero-precision sites
+    after the last coordinate, which add exactly nothing to the evidence."""
     K = len(theta)
-    trees = [jax.tree_util.tree_structure(k) for k in problem.kernels]
-    if K == 1 or any(t != trees[0] for t in trees):
-        th, op = list(theta), list(opt)
-        for k in range(K):
+    sites = [_learning_sites(problem, ep, k, learning.max_sites) for k in range(K)]
+    th, op = list(theta), list(opt)
+    for members in _vmap_groups(problem.kernels, [x[0].shape[0] for x in sites]):
+        if len(members) == 1:
+            k = members[0]
             th[k], op[k] = _learn_kernel(
-                problem.kernels[k], problem.ticks[k], ep.lam[k], ep.eta[k], th[k], op[k],
-                learning, learning.prior_loc[k], learning.mask[k],
+                problem.kernels[k], *sites[k], th[k], op[k], learning, learning.prior_loc[k],
+                learning.mask[k],
             )  # fmt: skip
-        return tuple(th), tuple(op)
-    m = max(t.shape[0] for t in problem.ticks)
+            continue
+        m = max(sites[k][0].shape[0] for k in members)
 
-    def pad(k):
-        t, lam, eta = problem.ticks[k], ep.lam[k], ep.eta[k]
-        extra = m - t.shape[0]
-        t = jnp.concatenate([t, t[-1] + jnp.arange(1, extra + 1, dtype=t.dtype)])
-        lam = jnp.concatenate([lam, jnp.zeros((extra, *lam.shape[1:]), lam.dtype)])
-        eta = jnp.concatenate([eta, jnp.zeros((extra, *eta.shape[1:]), eta.dtype)])
-        return t, lam, eta
+        def pad(k, m=m):
+            t, lam, eta = sites[k]
+            extra = m - t.shape[0]
+            t = jnp.concatenate([t, t[-1] + jnp.arange(1, extra + 1, dtype=t.dtype)])
+            lam = jnp.concatenate([lam, jnp.zeros((extra, *lam.shape[1:]), lam.dtype)])
+            eta = jnp.concatenate([eta, jnp.zeros((extra, *eta.shape[1:]), eta.dtype)])
+            return t, lam, eta
 
-    def stack(xs):
-        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
-
-    ticks, lam, eta = (jnp.stack(a) for a in zip(*(pad(k) for k in range(K)), strict=True))
-    th, op = jax.vmap(
-        lambda kern, t, la, et, th, op, loc, mask: _learn_kernel(
-            kern, t, la, et, th, op, learning, loc, mask
-        )
-    )(stack(problem.kernels), ticks, lam, eta, jnp.stack(theta), stack(opt),
-      jnp.stack(learning.prior_loc), jnp.stack(learning.mask))  # fmt: skip
-    return tuple(th[k] for k in range(K)), tuple(
-        jax.tree_util.tree_map(lambda a, k=k: a[k], op) for k in range(K)
-    )
+        ticks, lam, eta = (jnp.stack(a) for a in zip(*(pad(k) for k in members), strict=True))
+        new_th, new_op = jax.vmap(
+            lambda kern, t, la, et, th, op, loc, mask: _learn_kernel(
+                kern, t, la, et, th, op, learning, loc, mask
+            )
+        )(_stack([problem.kernels[k] for k in members]), ticks, lam, eta,
+          jnp.stack([th[k] for k in members]), _stack([op[k] for k in members]),
+          jnp.stack([learning.prior_loc[k] for k in members]),
+          jnp.stack([learning.mask[k] for k in members]))  # fmt: skip
+        for i, k in enumerate(members):
+            th[k] = new_th[i]
+            op[k] = jax.tree_util.tree_map(lambda a, i=i: a[i], new_op)
+    return tuple(th), tuple(op)
 
 
 class FunBaTFit(NamedTuple):
@@ -400,7 +630,8 @@ def fitted_kernels(problem: FunBaTProblem, state: FunBaTFit) -> tuple[Any, ...]:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "idx", "y", "ticks", "kernels", "counts", "damping", "a0", "b0", "y_scale", "learning"
+        "idx", "y", "ticks", "kernels", "counts", "damping", "a0", "b0", "y_scale", "learning",
+        "weight", "groups",
     ],
     meta_fields=["rank", "cp", "parallel", "window"],
 )
@@ -413,13 +644,18 @@ class FunBaTProblem:
             (standardized by the estimator).
         ticks: per mode the unique sorted (scaled) coordinates ``(M_k,)``.
         kernels: per mode the kernel of the latent functions (exact SDE).
-        counts: per mode the number of entries at each coordinate ``(M_k,)``.
+        counts: per mode the number of (weight-1) entries at each coordinate ``(M_k,)``.
         damping: :math:`(\rho_U, \rho_W, \rho_\tau)`; ``a0``, ``b0``: the Gamma prior of
             :math:`\tau`; ``y_scale``: the standardization scale (for the error in data units).
         learning: the kernel learning (:class:`KernelLearning`), or ``None`` to keep
             ``kernels`` fixed.
         rank, cp, parallel: static: :math:`R`, FunBaT-CP, associative-scan smoothers.
         window: static: epochs over which ``rmse_change`` (the stopping statistic) is taken.
+        weight: ``(N,)`` 0/1 entry weights (:func:`funbat_epoch`): the estimator holds a
+            validation split out with weight 0, so that the fit on all entries afterwards has
+            the same shapes and reuses the compiled step. ``None``: all 1.
+        groups: per mode, :func:`entry_groups` of ``idx`` with that mode first (Tucker's
+            precisions by nested prefix sums), or ``None`` for the per-entry sums.
     """
 
     idx: Array
@@ -436,6 +672,8 @@ class FunBaTProblem:
     cp: bool
     parallel: bool
     window: int = 5
+    weight: Array | None = None
+    groups: tuple[EntryGroups, ...] | None = None
 
 
 def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTFit:
@@ -497,6 +735,7 @@ def funbat_step(key: Array, state: FunBaTFit, problem: FunBaTProblem):
     new, mse = funbat_epoch(
         ep, problem.idx, problem.y, problem.ticks, kernels, cp=problem.cp,
         damping=(d[0], d[1], d[2]), a0=problem.a0, b0=problem.b0, parallel=problem.parallel,
+        weight=problem.weight, groups=problem.groups,
     )  # fmt: skip
     window = jnp.concatenate([state.mse[1:], mse[None]])
     rmse = jnp.sqrt(window)

@@ -14,7 +14,6 @@ import pandas as pd
 from bayeslr._validation import as_key, check_int
 from bayeslr.gp.kernels import Matern12, Matern32, Matern52
 from bayeslr.infer import loop
-from bayeslr.linalg.psd import psd_cholesky
 from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
 from bayeslr.models.funbat.algo import (
     FunBaTProblem,
@@ -22,12 +21,15 @@ from bayeslr.models.funbat.algo import (
     _mode_posterior_at,
     _predict_entries,
     bucket,
+    entry_groups,
     fitted_kernels,
     funbat_data,
     funbat_init,
     funbat_step,
     kernel_leaf_names,
     kernel_leaves,
+    padded,
+    unpadded,
 )
 from bayeslr.models.funbat.model import funbat_model
 
@@ -209,10 +211,9 @@ class FunBaTPosterior(ModelPosterior):
                     self.context["kernels"][k], train, self.state.lam[k], self.state.eta[k],
                     grid[fresh], self.context["parallel"],
                 )  # fmt: skip
-                chol = psd_cholesky(cov, "auto")
-                z = jax.random.normal(jax.random.fold_in(key, k), (S, fresh.size, R), mean.dtype)
-                d = mean + jnp.einsum("mij,smj->smi", chol, z)
-                u[..., fresh] = np.swapaxes(np.asarray(d), -1, -2).reshape(
+                z = _host_rng(jax.random.fold_in(key, k)).standard_normal((S, fresh.size, R))
+                d = (mean + np.einsum("mij,smj->smi", _psd_root(cov), z)).astype(mean.dtype)
+                u[..., fresh] = np.swapaxes(d, -1, -2).reshape(
                     stored.shape[:2] + (R, fresh.size))  # fmt: skip
             out[f"u_{k}"] = u
         return out
@@ -355,13 +356,22 @@ class FunBaT(Estimator):
             below (0: always run ``epochs``). ``converged`` and ``epochs_run`` in
             ``post.extra`` report it.
         window: epochs of that spread (at least 2).
-        learn_kernel: learn every mode's kernel hyperparameters (variance, lengthscale, ...)
-            by type-II MAP on the mode's Kalman evidence between epochs
+        learn_kernel: learn every mode's kernel hyperparameters but its variance (lengthscale,
+            period, ...) by type-II MAP on the mode's Kalman evidence between epochs
             (:class:`~bayeslr.models.funbat.KernelLearning`); ``kernel`` is then the starting
-            point and the centre of a log-normal prior. ``False`` keeps ``kernel`` fixed; a
-            sequence of names (e.g. ``("lengthscale",)``) learns only those.
+            point and the centre of a log-normal prior. The variances stay where ``kernel``
+            sets them (1 by default): the scale of :math:`W \times_k u^k` trades off against
+            the core and the other modes, so a learned variance is not identified and inflates
+            the predictive variance at unseen coordinates; with unit-variance functions the
+            scale lives in the core and the noise, and far from the data the band tends to the
+            spread of the fitted signal. ``False`` keeps ``kernel`` fixed; a sequence of names
+            learns exactly those (``("variance", "lengthscale")`` learns both).
         kernel_steps, kernel_lr: Adam steps per epoch and step size (log scale).
         kernel_start: first epoch that learns (the messages of a random start settle first).
+        kernel_max_sites: a mode with more unique coordinates than this (irregular data)
+            learns its kernel on the exact evidence of every :math:`s`-th coordinate's sites,
+            :math:`s = \lceil M_k / \text{kernel\_max\_sites}\rceil` (the evidence's gradient
+            is a sequential Kalman scan: seconds per epoch at :math:`10^4` coordinates).
         kernel_prior_scale: sd of the log-normal prior on each hyperparameter (log scale).
         rank_candidates, validation, max_core: the choice of ``rank="auto"`` (above).
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
@@ -400,6 +410,7 @@ class FunBaT(Estimator):
         kernel_steps: int = 5,
         kernel_lr: float = 0.05,
         kernel_start: int = 3,
+        kernel_max_sites: int = 1024,
         kernel_prior_scale: float = 1.5,
         rank_candidates: Sequence[int] = (3, 5, 8),
         validation: float = 0.1,
@@ -436,6 +447,7 @@ class FunBaT(Estimator):
         self.window = check_int("window", window, minimum=2)
         self.kernel_steps = check_int("kernel_steps", kernel_steps, minimum=1)
         self.kernel_start = check_int("kernel_start", kernel_start, minimum=0)
+        self.kernel_max_sites = check_int("kernel_max_sites", kernel_max_sites, minimum=2)
         for name, v in (("kernel_lr", kernel_lr), ("kernel_prior_scale", kernel_prior_scale)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
@@ -545,17 +557,21 @@ class FunBaT(Estimator):
         data = funbat_data(x, (y - y_mean) / y_sd)
         dtype = jnp.result_type(float)
         ranks = self._ranks(K)
+        idx, y_pad, weight, ticks = padded(data)  # bucket sizes: similar fits share compiles
         problem = FunBaTProblem(
-            idx=jnp.asarray(data.idx), y=jnp.asarray(data.y, dtype),
-            ticks=tuple(jnp.asarray(t, dtype) for t in data.ticks), kernels=kernels,
+            idx=jnp.asarray(idx), y=jnp.asarray(y_pad, dtype),
+            ticks=tuple(jnp.asarray(t, dtype) for t in ticks), kernels=kernels,
             counts=tuple(jnp.asarray(np.bincount(data.idx[:, k], minlength=t.size))
-                         for k, t in enumerate(data.ticks)),
+                         for k, t in enumerate(ticks)),
             damping=jnp.asarray(self.damping, dtype), a0=jnp.asarray(self.a0, dtype),
             b0=jnp.asarray(self.b0, dtype), y_scale=jnp.asarray(y_sd, dtype),
             learning=self._learning(kernels, dtype), rank=ranks[0], cp=self.cp,
-            parallel=self.parallel, window=self.window,
+            parallel=self.parallel, window=self.window, weight=jnp.asarray(weight, dtype),
+            groups=None if self.cp else tuple(
+                entry_groups(idx, [t.size for t in ticks], first=k) for k in range(K)),
         )  # fmt: skip
         context = {"columns": tuple(coords), "value": value, "y": y, "ticks": data.ticks,
+                   "idx": data.idx,
                    "scale": tuple(scale), "y_mean": y_mean, "y_sd": y_sd, "kernels": kernels,
                    "cp": self.cp, "parallel": self.parallel, "ranks": ranks}  # fmt: skip
         if len(ranks) > 1:
@@ -569,10 +585,19 @@ class FunBaT(Estimator):
             lr=jnp.asarray(self.kernel_lr, dtype),
             prior_loc=tuple(jnp.log(kernel_leaves(k)).astype(dtype) for k in kernels),
             prior_scale=jnp.asarray(self.kernel_prior_scale, dtype),
-            mask=tuple(jnp.asarray([self.learn_kernel is True or n in self.learn_kernel
-                                    for n in kernel_leaf_names(k)], dtype) for k in kernels),
-            steps=self.kernel_steps, start=self.kernel_start,
+            mask=tuple(jnp.asarray([self._learns(n) for n in kernel_leaf_names(k)], dtype)
+                       for k in kernels),
+            steps=self.kernel_steps, start=self.kernel_start, max_sites=self.kernel_max_sites,
         )  # fmt: skip
+
+    def _learns(self, name: str) -> bool:
+        """Whether the hyperparameter ``name`` is learned: ``learn_kernel=True`` learns all but
+        the variances (the latent functions keep unit prior variance, so the scale of the
+        decomposition lives in the core and the noise: identified, and calibrated at unseen
+        coordinates); a sequence learns exactly the names in it."""
+        if self.learn_kernel is True:
+            return name != "variance"
+        return bool(self.learn_kernel) and name in self.learn_kernel
 
     def _ranks(self, K: int) -> tuple[int, ...]:
         """The ranks to fit: ``(rank,)``, or the candidates of ``rank="auto"`` whose Tucker core
@@ -589,17 +614,20 @@ class FunBaT(Estimator):
         return ranks
 
     def _validation_split(self, problem: FunBaTProblem, data) -> dict[str, Any]:
-        """The problem on the entries left after carving a random validation set, which stays
-        on the host (the coordinates, and so every state's shapes, are those of all entries)."""
+        """The problem with a random validation set carved out: its entries get weight 0 (they
+        send no messages), so the coordinates, every array's shape and the compiled step are
+        those of the fit on all entries that follows."""
         n = data.y.shape[0]
         seed = np.asarray(jax.random.key_data(as_key(self.seed))).ravel()
         perm = np.random.default_rng(seed.astype(np.uint64)).permutation(n)
         n_val = max(1, round(self.validation * n))
         val, fit = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        counts = tuple(jnp.asarray(np.bincount(data.idx[fit, k], minlength=t.size))
-                       for k, t in enumerate(data.ticks))  # fmt: skip
+        counts = tuple(jnp.asarray(np.bincount(data.idx[fit, k], minlength=t.shape[0]))
+                       for k, t in enumerate(problem.ticks))  # fmt: skip
+        weight = np.zeros(problem.y.shape[0])  # the padding entries keep weight 0
+        weight[fit] = 1.0
         sub = dataclasses.replace(
-            problem, idx=problem.idx[fit], y=problem.y[fit], counts=counts
+            problem, counts=counts, weight=jnp.asarray(weight, problem.y.dtype)
         )
         return {"problem": sub, "idx": data.idx[val], "y": np.asarray(data.y)[val]}
 
@@ -660,16 +688,18 @@ class FunBaT(Estimator):
         rank = res.state.ep.mu[0].shape[1]
         problem = dataclasses.replace(prepared.problem, rank=rank)
         kernels = fitted_kernels(problem, res.state)
-        state, ctx = res.state.ep, {**prepared.context, "kernels": kernels}
+        ctx = {**prepared.context, "kernels": kernels}
+        state = unpadded(res.state.ep, [t.size for t in ctx["ticks"]])
         key = ctx["posterior_key"]
         samples, dims, coords = self._draws(key, state, ctx)
         kwargs = dict(rank=rank, kernel=kernels, cp=self.cp, a0=self.a0, b0=self.b0,
                       y_loc=ctx["y_mean"], y_scale=ctx["y_sd"])  # fmt: skip
         y = jnp.asarray(ctx["y"], problem.y.dtype)
+        ticks = tuple(jnp.asarray(t, problem.y.dtype) for t in ctx["ticks"])
         screened = np.asarray(res.restart_scores) if res.restart_scores is not None else \
             np.zeros(0)  # fmt: skip
         return FunBaTPosterior(
-            samples, estimator=self, args=(problem.idx, problem.ticks, y), kwargs=kwargs,
+            samples, estimator=self, args=(jnp.asarray(ctx["idx"]), ticks, y), kwargs=kwargs,
             results=results, context={**ctx, "state": state,
                                       "draw_key": jax.random.fold_in(key, 7)},
             observed={"y": ctx["y"]}, dims={**dims, "y": ["entry"], "f": ["entry"]},
@@ -698,24 +728,44 @@ class FunBaT(Estimator):
         return out
 
     def _draws(self, key, state, ctx):
+        """Draws of the sites from the fitted Gaussian messages and :math:`q(\tau)`, on the
+        host (a NumPy generator seeded by ``key``: no per-shape compilation of random ops)."""
         S, R, K = self.num_samples, state.mu[0].shape[1], len(ctx["columns"])
-        keys = jax.random.split(key, K + 2)
+        rng = _host_rng(key)
         samples, dims, cmap = {}, {}, {}
         for k, col in enumerate(ctx["columns"]):
-            chol = psd_cholesky(state.cov[k], "auto")
-            z = jax.random.normal(keys[k], (S, *state.mu[k].shape), state.mu[k].dtype)
-            draws = state.mu[k] + jnp.einsum("mij,smj->smi", chol, z)  # (S, M_k, R)
-            samples[f"u_{k}"] = np.swapaxes(np.asarray(draws), -1, -2)[None]
+            mu = np.asarray(state.mu[k])
+            root = _psd_root(state.cov[k])
+            z = rng.standard_normal((S, *mu.shape))
+            draws = (mu + np.einsum("mij,smj->smi", root, z)).astype(mu.dtype)  # (S, M_k, R)
+            samples[f"u_{k}"] = np.swapaxes(draws, -1, -2)[None]
             dims[f"u_{k}"] = [f"rank_{k}", col]
             lo, span = ctx["scale"][k]
             cmap[col] = ctx["ticks"][k] * span + lo
             cmap[f"rank_{k}"] = np.arange(R)
         if not self.cp:
-            chol = psd_cholesky(state.core_cov, "auto")
-            z = jax.random.normal(keys[K], (S, R**K), state.core_mean.dtype)
-            w = state.core_mean + z @ chol.T
-            samples["W"] = np.asarray(w).reshape(1, S, *(R,) * K)
+            w_mean = np.asarray(state.core_mean)
+            z = rng.standard_normal((S, R**K))
+            w = w_mean + z @ _psd_root(state.core_cov).T
+            samples["W"] = w.astype(w_mean.dtype).reshape(1, S, *(R,) * K)
             dims["W"] = [f"rank_{k}" for k in range(K)]
-        tau = jax.random.gamma(keys[K + 1], state.tau_a, (S,)) / state.tau_b
-        samples["tau"] = np.asarray(tau)[None]
+        tau_b = np.asarray(state.tau_b)
+        tau = rng.gamma(float(state.tau_a), 1.0, S) / float(tau_b)
+        samples["tau"] = tau.astype(tau_b.dtype)[None]
         return samples, dims, cmap
+
+
+def _psd_root(cov) -> np.ndarray:
+    r"""A square root :math:`L` with :math:`LL^\top = \Sigma` of (batched) posterior covariances
+    in float64 on the host, by eigendecomposition with the round-off negative eigenvalues of a
+    float32 smoother clipped to 0 (where a Cholesky, even with a :math:`\sqrt{\epsilon}` jitter,
+    returns NaN)."""
+    c = np.asarray(cov, np.float64)
+    lam, vec = np.linalg.eigh(0.5 * (c + np.swapaxes(c, -1, -2)))
+    return vec * np.sqrt(np.maximum(lam, 0.0))[..., None, :]
+
+
+def _host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (the same key, the same draws)."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel()
+                                 .astype(np.uint64))  # fmt: skip
