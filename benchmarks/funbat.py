@@ -26,7 +26,7 @@ Fang et al., ICLR 2024 (``../shared/papers/funbat.md`` §4, §6). Three parts (f
    compiled epoch (:func:`bayeslr.models.funbat.funbat_step`, compile excluded).
 4. **Prediction time** at a never-seen number of points after a first call.
 
-``--quick``: ozone subsample (8,000 entries), one seed, GP on ``GP_N_QUICK`` entries, no
+``--quick``: ozone subsample (``QUICK_N`` = 4,000 entries), one seed, GP on ``GP_N_QUICK`` entries, no
 old-default row, 1e6 scaling row with 2 epochs. RESULT keys: ``ratio_peer_random``,
 ``ratio_peer_unseen`` (max over data sets of FunBaT RMSE / best peer RMSE), ``cov95_unseen``,
 ``t_fit_1e6_s``, ``t_predict_new_size_s``, ``rmse_ozone``, ``rmse_unseen_ozone``.
@@ -90,6 +90,7 @@ EPOCHS = 100  # FunBaT's default epoch cap (it stops earlier when the training R
 KINETIC_N = 20_000
 GP_N = 2000
 GP_N_QUICK = 500
+QUICK_N = 4000  # ozone entries in --quick
 PEER_RANKS = (3, 5, 8)
 IRREGULAR_N = 20_000
 TEST_FRAC = 0.2
@@ -118,7 +119,7 @@ LABEL = {
 def datasets(quick: bool):
     """name -> (loader, held-out column for the unseen split, subsample size or None)."""
     if quick:
-        return {"ozone": (load_ozone, "month", 8000)}
+        return {"ozone": (load_ozone, "month", QUICK_N)}
     return {
         "ozone": (load_ozone, "month", None),
         "ncep": (load_ncep_air, "time", None),

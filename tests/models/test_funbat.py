@@ -319,7 +319,7 @@ def test_message_passing_agrees_with_nuts_on_a_tiny_case(x64):
 
 def test_parallel_smoothers_give_the_same_fit(x64):
     df = funbat_synthetic(2, n_grids=1, grid=6)
-    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=3, **FAST)
+    kw = dict(rank=2, kernel=Matern32(0.5, 0.2), epochs=3, learn_kernel=False, **FAST)
     seq = FunBaT(**kw).fit(df, ["x", "y"], "value")
     par = FunBaT(parallel=True, **kw).fit(df, ["x", "y"], "value")
     new = pd.DataFrame({"x": [-0.1, 0.37, 1.2], "y": [0.5, 0.01, 0.9]})
@@ -401,7 +401,7 @@ def test_rank_auto_grows_while_validation_improves(x64):
     # each step up gains at least 1 % of validation RMSE; the smallest rank within 1 % of the
     # best then continues on all training entries from its state (a last stage).
     df = funbat_synthetic(3, n_grids=2, grid=10, noise_sd=0.01)
-    kw = dict(cp=True, kernel=Matern32(0.5, 0.2), epochs=30, **FAST)
+    kw = dict(cp=True, kernel=Matern32(0.5, 0.2), epochs=30, learn_kernel=False, **FAST)
     cands = (1, 2, 4, 6)
     post = FunBaT(rank="auto", rank_candidates=cands, **kw).fit(df, ["x", "y"], "value")
     scores = post.extra["rank_scores"]

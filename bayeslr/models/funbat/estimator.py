@@ -313,7 +313,8 @@ class FunBaT(Estimator):
         from bayeslr.models import FunBaT
 
         df = load_ozone().to_long()      # columns lat, lon, month, value
-        train, test = split_entries(df[df["month"] < 6], test_frac=0.2, seed=0)
+        df = df[df["month"] < 6].sample(1500, random_state=0)
+        train, test = split_entries(df, test_frac=0.2, seed=0)
         post = FunBaT(rank=3).fit(train, coords=["lat", "lon", "month"], value="value")
         post.moments(test.head())        # predictive mean, variance, sd (closed form)
         post.predict(test.head())["y"]   # posterior predictive draws, (draws, 5)
