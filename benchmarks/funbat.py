@@ -26,8 +26,8 @@ Fang et al., ICLR 2024 (``../shared/papers/funbat.md`` §4, §6). Three parts (f
    compiled epoch (:func:`bayeslr.models.funbat.funbat_step`, compile excluded).
 4. **Prediction time** at a never-seen number of points after a first call.
 
-``--quick``: ozone subsample (``QUICK_N`` = 4,000 entries), one seed, GP on ``GP_N_QUICK`` entries, no
-old-default row, 1e6 scaling row with 2 epochs. RESULT keys: ``ratio_peer_random``,
+``--quick``: ozone subsample (``QUICK_N`` = 4,000 entries), one seed, GP on ``GP_N_QUICK``
+entries, no old-default row, 1e6 scaling row with 2 epochs. RESULT keys: ``ratio_peer_random``,
 ``ratio_peer_unseen`` (max over data sets of FunBaT RMSE / best peer RMSE), ``cov95_unseen``,
 ``t_fit_1e6_s``, ``t_predict_new_size_s``, ``rmse_ozone``, ``rmse_unseen_ozone``.
 

@@ -9,9 +9,13 @@
 #
 # Protocol: hold out 20% of the months (whole time slices, never the first or last month) and
 # predict them — something a discrete Tucker/CP model cannot do except by copying the nearest
-# month. Nothing is set by hand: `FunBaT()` learns every mode's kernel lengthscale
-# from the data (type-II MAP on each mode's Kalman evidence) and chooses its rank on a
-# validation split carved from the training entries, never from the test months.
+# month. Nothing is set by hand: FunBaT learns every mode's kernel lengthscale from the data
+# (type-II MAP on each mode's Kalman evidence). Its default rank search validates on random
+# held-out entries, which rewards a high rank in every mode; to predict whole months, the
+# month mode wants a low rank (every extra component of it is a rough function that can only
+# be shrunk towards zero at a month without data). So the example chooses the month's rank
+# the way the question asks: on validation months carved from the training months, never on
+# the test months.
 #
 # Run top to bottom: `python examples/funbat_ozone.py` (a few minutes on 2 CPU cores; set
 # `FUNBAT_SMOKE=1` for a smoke run: a few epochs on an 8 x 8 corner of the grid).
@@ -54,14 +58,21 @@ def rmse(pred, truth):
 
 
 # %% [markdown]
-# ## Fit with the library defaults and predict the held-out months
+# ## Choose the month's rank on validation months, then fit on all training months
 
 # %%
+fit_part, valid = split_coordinates(train, "month", test_frac=0.2, seed=1)
+month_ranks = (2,) if SMOKE else (2, 3, 5, 8)
+scores = {}
+for r in month_ranks:
+    p = FunBaT(rank=(8, 8, r), epochs=EPOCHS, progress_bar=False).fit(fit_part, COORDS, "value")
+    scores[r] = rmse(p.moments(valid)["mean"], valid["value"])
+    print(f"rank (8, 8, {r}): validation-month RMSE {scores[r]:.2f}")
+best = min(scores, key=scores.get)
 t0 = time.perf_counter()
-model = FunBaT(rank=2, epochs=EPOCHS) if SMOKE else FunBaT(epochs=EPOCHS)  # smoke: one rank
-post = model.fit(train, COORDS, "value")
-print(f"fit in {time.perf_counter() - t0:.1f} s: rank {post.extra['rank']} (validation RMSE "
-      f"per rank {post.extra['rank_scores']}), {post.extra['epochs_run']} epochs")
+post = FunBaT(rank=(8, 8, best), epochs=EPOCHS).fit(train, COORDS, "value")
+print(f"fit in {time.perf_counter() - t0:.1f} s: ranks {post.extra['mode_ranks']}, "
+      f"{post.extra['epochs_run']} epochs")
 print(f"learned lengthscales (degrees, months): {post.extra['lengthscale']}")
 pred = post.moments(test)
 months = np.unique(train["month"])
@@ -88,7 +99,12 @@ def neighbour_prediction(kind):
 near, truth_sorted = neighbour_prediction("nearest")
 lin, _ = neighbour_prediction("linear")
 z = (test["value"] - pred["mean"]) / pred["sd"]
-print(f"unseen months: FunBaT RMSE {rmse(pred['mean'], test['value']):.2f}")
+default = FunBaT(epochs=EPOCHS, progress_bar=False) if not SMOKE else None
+if default is not None:
+    dpost = default.fit(train, COORDS, "value")  # rank chosen on random entries: R = 8
+    print(f"unseen months: FunBaT() defaults (rank {dpost.extra['rank']}) RMSE "
+          f"{rmse(dpost.moments(test)['mean'], test['value']):.2f}")
+print(f"unseen months: FunBaT month rank {best} RMSE {rmse(pred['mean'], test['value']):.2f}")
 print(f"               nearest-month copy RMSE {rmse(near, truth_sorted):.2f}")
 print(f"               linear interpolation between months RMSE {rmse(lin, truth_sorted):.2f}")
 print(f"95% predictive interval coverage {np.mean(np.abs(z) < 1.96):.2f}")

@@ -143,6 +143,23 @@ def test_synthetic_recovery_and_predictive_variance(synthetic_fit):
     assert np.max(np.abs(c * got - want)) < 0.1 * np.max(np.abs(want))
 
 
+def test_moments_without_noise_and_with_intervals(synthetic_fit):
+    post, _, test, _ = synthetic_fit
+    full = post.moments(test, interval=0.9)
+    latent = post.moments(test, noise=False)
+    noise_var = post.context["y_sd"] ** 2 / post.extra["tau"]
+    np.testing.assert_allclose(full["variance"] - latent["variance"], noise_var, rtol=1e-8)
+    np.testing.assert_allclose(full["mean"], latent["mean"])
+    z = scipy.stats.norm.ppf(0.95)
+    np.testing.assert_allclose(full["upper"] - full["mean"], z * full["sd"], rtol=1e-10)
+    np.testing.assert_allclose(full["mean"] - full["lower"], z * full["sd"], rtol=1e-10)
+    assert list(latent.columns) == ["mean", "variance", "sd"]
+    for bad, err in (({"interval": 1.0}, ValueError), ({"interval": True}, ValueError),
+                     ({"noise": "yes"}, TypeError)):  # fmt: skip
+        with pytest.raises(err, match="interval" if "interval" in bad else "noise"):
+            post.moments(test, **bad)
+
+
 def test_prediction_before_and_after_the_data_reverts_to_the_prior(synthetic_fit):
     # The reference code's backward extrapolation gives negative variances, and its filter
     # starts from a random mean. Far from the data the posterior must be the prior: mean 0,
@@ -420,7 +437,9 @@ def test_rank_auto_grows_while_validation_improves(x64):
     assert fixed.extra["rank_scores"] == {} and len(fixed.results) == 1
     # Tucker candidates whose core exceeds max_core are skipped; none left is an error
     with pytest.raises(ValueError, match="max_core"):
-        FunBaT(rank="auto", rank_candidates=(40,), progress_bar=False).fit(df, ["x", "y"], "value")
+        FunBaT(rank="auto", rank_candidates=(40,), max_core=100, progress_bar=False).fit(
+            df, ["x", "y"], "value"
+        )  # 40 is capped at the modes' 20 coordinates: a 20 x 20 core
     for kwargs, match in ((dict(rank="big"), "rank"), (dict(rank_candidates=(3, 2)), "increasing"),
                           (dict(validation=0.7), "validation")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
@@ -642,3 +661,28 @@ def test_long_modes_learn_their_kernel_on_a_strided_subset(x64):
         FunBaT(kernel_max_sites=1)
     k = [Matern32(1.0, 0.1), Matern32(1.0, 0.2), Matern12(1.0, 0.1), Matern32(1.0, 0.3)]
     assert _vmap_groups(k, [16, 64, 16, 1024]) == [[0, 1], [3], [2]]
+
+
+def test_per_mode_tucker_ranks_and_the_cap_at_the_coordinates():
+    # rank=(R_1, ..., R_K) gives each mode its own rank and the core R_1 x ... x R_K; no mode
+    # gets more components than it has coordinates (the core holds any more)
+    rng = np.random.default_rng(2)
+    g = np.meshgrid(np.linspace(0, 1, 9), np.linspace(0, 1, 4), np.linspace(0, 1, 7),
+                    indexing="ij")  # fmt: skip
+    df = pd.DataFrame({"a": g[0].ravel(), "b": g[1].ravel(), "c": g[2].ravel()})
+    df["v"] = np.sin(3 * df["a"]) * df["b"] + np.cos(2 * df["c"]) + 0.05 * rng.normal(size=len(df))
+    kw = dict(epochs=3, progress_bar=False, restarts=1, num_samples=4)
+    post = FunBaT(rank=(3, 6, 2), **kw).fit(df, ["a", "b", "c"], "v")
+    assert post.extra["mode_ranks"] == (3, 4, 2) and post.extra["rank"] == (3, 6, 2)
+    assert [post.samples[f"u_{k}"].shape[2:] for k in range(3)] == [(3, 9), (4, 4), (2, 7)]
+    assert post.samples["W"].shape[2:] == (3, 4, 2)
+    assert np.isfinite(post.moments(df.head(3))["mean"]).all()
+    ll = post.log_likelihood()["y"]
+    assert ll.shape[-1] == len(df) and np.isfinite(np.asarray(ll)).all()
+    assert FunBaT(rank=6, **kw).fit(df, ["a", "b", "c"], "v").extra["mode_ranks"] == (6, 4, 6)
+    with pytest.raises(ValueError, match="must have 3 entries"):
+        FunBaT(rank=(2, 2), **kw).fit(df, ["a", "b", "c"], "v")
+    with pytest.raises(ValueError, match="cp=True"):
+        FunBaT(rank=(2, 2, 2), cp=True)
+    with pytest.raises(ValueError, match=r"rank\[1\]"):
+        FunBaT(rank=(2, 0, 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import string
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -210,7 +211,8 @@ def _grouped_second_moment(m2u, idx, w, groups: EntryGroups, R: int) -> Array:
     total = jnp.einsum("grs,g...->rs...", m2_first, acc, precision=_HI)
     # axes (r_{pi0}, s_{pi0}, r_{pi1}, s_{pi1}, ...)
     rows = [2 * order.index(k) for k in range(K)]
-    return jnp.transpose(total, rows + [r + 1 for r in rows]).reshape(R**K, R**K)
+    P = math.prod(core_shape(R, K))
+    return jnp.transpose(total, rows + [r + 1 for r in rows]).reshape(P, P)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +248,12 @@ def _second_moments(mu, cov):
     return cov + mu[..., :, None] * mu[..., None, :]
 
 
+def core_shape(rank: int | Sequence[int], K: int) -> tuple[int, ...]:
+    """The core's shape :math:`(R_1, \\dots, R_K)` of a rank (one int for every mode, or one
+    per mode)."""
+    return (int(rank),) * K if isinstance(rank, (int, np.integer)) else tuple(map(int, rank))
+
+
 def _superdiagonal(R: int, K: int, dtype) -> Array:
     w = np.zeros((R,) * K)
     w[(np.arange(R),) * K] = 1.0
@@ -259,7 +267,7 @@ def _mode_messages(k, mus, m2s, core, R, K, cp):
         a = jnp.prod(jnp.stack([mus[j] for j in others]), axis=0)
         b = jnp.prod(jnp.stack([m2s[j] for j in others]), axis=0)
         return a, b
-    w = core.reshape((R,) * K)
+    w = core.reshape(core_shape(R, K))
     i1 = "".join("r" if j == k else _AX[j] for j in range(K))
     i2 = "".join("s" if j == k else _AX2[j] for j in range(K))
     a = jnp.einsum(
@@ -286,7 +294,7 @@ def _grouped_mode_precision(k, m2u, idx, w, core, groups: EntryGroups, R, K) -> 
     after the sums instead of :math:`O(N R^{2K-1})`."""
     order = groups.order
     acc = _prefix_sums(m2u, idx, w, groups)
-    wk = core.reshape((R,) * K)
+    wk = core.reshape(core_shape(R, K))
     i1 = "".join("r" if j == k else _AX[j] for j in range(K))
     i2 = "".join("s" if j == k else _AX2[j] for j in range(K))
     ia = "g" + "".join(_AX[j] + _AX2[j] for j in order[1:])
@@ -298,7 +306,7 @@ def _grouped_mode_precision(k, m2u, idx, w, core, groups: EntryGroups, R, K) -> 
 def _mode_mean_message(k, mus, core, R, K):
     """Per-entry :math:`a_n = \\bar W_{(k)}E[z]` ``(N, R)`` (Tucker)."""
     others = [j for j in range(K) if j != k]
-    w = core.reshape((R,) * K)
+    w = core.reshape(core_shape(R, K))
     i1 = "".join("r" if j == k else _AX[j] for j in range(K))
     return jnp.einsum(
         f"{i1}," + ",".join(f"n{_AX[j]}" for j in others) + "->nr",
@@ -322,7 +330,8 @@ def _entry_moments(mus, m2s, R, K):
         *m2s,
         precision=_HI,
     )
-    return ez, ezz.reshape(R**K, R**K)
+    P = math.prod(core_shape(R, K))
+    return ez, ezz.reshape(P, P)
 
 
 def funbat_epoch(
@@ -371,7 +380,8 @@ def funbat_epoch(
     """
     rho_u, rho_w, rho_t = damping
     K = idx.shape[1]
-    R = state.mu[0].shape[1]
+    R = tuple(m.shape[1] for m in state.mu)  # the rank of every mode
+    P = math.prod(R)  # core size
     w = jnp.ones_like(y) if weight is None else jnp.asarray(weight, y.dtype)
     n = jnp.sum(w)
     wy = w * y
@@ -415,9 +425,9 @@ def funbat_epoch(
             ezz = _grouped_second_moment(m2u, idx, w, groups[first], R)
         core_lam = rho_w * core_lam + (1.0 - rho_w) * e_tau * ezz
         core_eta = rho_w * core_eta + (1.0 - rho_w) * e_tau * (wy @ ez)
-        prec = core_lam + jnp.eye(R**K, dtype=core_lam.dtype)
+        prec = core_lam + jnp.eye(P, dtype=core_lam.dtype)
         chol = jnp.linalg.cholesky(0.5 * (prec + prec.T))
-        core_cov = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(R**K, dtype=prec.dtype))
+        core_cov = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(P, dtype=prec.dtype))
         core_cov = 0.5 * (core_cov + core_cov.T)
         core_mean = core_cov @ core_eta
         f = ez @ core_mean
@@ -538,13 +548,14 @@ def _learning_sites(problem, ep, k: int, max_sites: int):
     return t, lam, eta
 
 
-def _vmap_groups(kernels, lengths) -> list[list[int]]:
-    """Modes learned together under one ``vmap``: the same kernel pytree structure and
-    lengths within a factor 4 (shorter ones are padded to the longest of their group)."""
+def _vmap_groups(kernels, lengths, ranks=None) -> list[list[int]]:
+    """Modes learned together under one ``vmap``: the same kernel pytree structure and rank,
+    and lengths within a factor 4 (shorter ones are padded to the longest of their group)."""
     groups: list[list[int]] = []
     by_tree: dict[Any, list[int]] = {}
     for k, kern in enumerate(kernels):
-        by_tree.setdefault(jax.tree_util.tree_structure(kern), []).append(k)
+        rank = None if ranks is None else ranks[k]
+        by_tree.setdefault((jax.tree_util.tree_structure(kern), rank), []).append(k)
     for members in by_tree.values():
         members = sorted(members, key=lambda k: lengths[k])
         current = [members[0]]
@@ -570,7 +581,8 @@ def _learn_kernels(problem, ep, learning, theta, opt):
     K = len(theta)
     sites = [_learning_sites(problem, ep, k, learning.max_sites) for k in range(K)]
     th, op = list(theta), list(opt)
-    for members in _vmap_groups(problem.kernels, [x[0].shape[0] for x in sites]):
+    for members in _vmap_groups(problem.kernels, [x[0].shape[0] for x in sites],
+                                [x[1].shape[1] for x in sites]):  # fmt: skip
         if len(members) == 1:
             k = members[0]
             th[k], op[k] = _learn_kernel(
@@ -649,7 +661,8 @@ class FunBaTProblem:
             :math:`\tau`; ``y_scale``: the standardization scale (for the error in data units).
         learning: the kernel learning (:class:`KernelLearning`), or ``None`` to keep
             ``kernels`` fixed.
-        rank, cp, parallel: static: :math:`R`, FunBaT-CP, associative-scan smoothers.
+        rank, cp, parallel: static: :math:`R` (an int, or per mode :math:`(R_1, \dots, R_K)`
+            for Tucker), FunBaT-CP, associative-scan smoothers.
         window: static: epochs over which ``rmse_change`` (the stopping statistic) is taken.
         weight: ``(N,)`` 0/1 entry weights (:func:`funbat_epoch`): the estimator holds a
             validation split out with weight 0, so that the fit on all entries afterwards has
@@ -668,7 +681,7 @@ class FunBaTProblem:
     b0: Array
     y_scale: Array
     learning: KernelLearning | None
-    rank: int
+    rank: int | tuple[int, ...]
     cp: bool
     parallel: bool
     window: int = 5
@@ -682,21 +695,21 @@ def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTFit:
     :math:`E[\tau] = 1`, the problem's kernels. Every start (``restart``) draws its own from
     ``key``."""
     dtype = problem.y.dtype
-    rank = problem.rank
     K = problem.idx.shape[1]
+    ranks = core_shape(problem.rank, K)
     keys = jax.random.split(key, K + 1)
     mu, cov, lam, eta = [], [], [], []
-    eye = jnp.eye(rank, dtype=dtype)
-    for k in range(K):
+    for k, rank in enumerate(ranks):
+        eye = jnp.eye(rank, dtype=dtype)
         m_k = problem.ticks[k].shape[0]
         counts = problem.counts[k].astype(dtype)
         mu.append(jax.random.uniform(keys[k], (m_k, rank), dtype))
         cov.append(jnp.broadcast_to(eye, (m_k, rank, rank)))
         lam.append(1e-3 * counts[:, None, None] * eye)
         eta.append(jnp.zeros((m_k, rank), dtype))
-    size = rank**K
+    size = math.prod(ranks)
     if problem.cp:
-        core_mean = _superdiagonal(rank, K, dtype)
+        core_mean = _superdiagonal(ranks[0], K, dtype)
         core_cov = jnp.zeros((size, size), dtype)
     else:
         core_mean = jax.random.uniform(keys[K], (size,), dtype)
@@ -796,20 +809,20 @@ def _mode_posterior_at(kernel, ticks, lam, eta, new, parallel=False):
 def _predict_entries(mus, covs, core_mean, core_cov, e_tau, cp):
     """Predictive mean and variance of entries from per-mode moments at their coordinates."""
     K = len(mus)
-    R = mus[0].shape[1]
+    R = tuple(m.shape[1] for m in mus)
     m2s = [_second_moments(m, c) for m, c in zip(mus, covs, strict=True)]
     if cp:
         mean = jnp.sum(jnp.prod(jnp.stack(mus), axis=0), axis=1)
         second = jnp.sum(jnp.prod(jnp.stack(m2s), axis=0), axis=(1, 2))
     else:
-        w = core_mean.reshape((R,) * K)
+        w = core_mean.reshape(R)
         mean = jnp.einsum(
             _AX[:K] + "," + ",".join(f"n{_AX[j]}" for j in range(K)) + "->n",
             w,
             *mus,
             precision=_HI,
         )
-        eww = (core_cov + jnp.outer(core_mean, core_mean)).reshape((R,) * (2 * K))
+        eww = (core_cov + jnp.outer(core_mean, core_mean)).reshape(R + R)
         second = jnp.einsum(
             _AX[:K] + _AX2[:K] + "," + ",".join(f"n{_AX[j]}{_AX2[j]}" for j in range(K)) + "->n",
             eww,

@@ -3,6 +3,7 @@ r"""The FunBaT estimator (:class:`FunBaT`) and its posterior (:class:`FunBaTPost
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from bayeslr._validation import as_key, check_int
 from bayeslr.gp.kernels import Matern12, Matern32, Matern52
@@ -21,6 +23,7 @@ from bayeslr.models.funbat.algo import (
     _mode_posterior_at,
     _predict_entries,
     bucket,
+    core_shape,
     entry_groups,
     fitted_kernels,
     funbat_data,
@@ -263,7 +266,8 @@ class FunBaTPosterior(ModelPosterior):
         sd = np.sqrt(np.maximum(np.diagonal(np.asarray(cov), axis1=1, axis2=2), 0.0))
         return {"coord": vals, "mean": np.asarray(mean), "sd": sd}
 
-    def moments(self, new: Any) -> pd.DataFrame:
+    def moments(self, new: Any, *, noise: bool = True,
+                interval: float | None = None) -> pd.DataFrame:  # fmt: skip
         r"""Predictive mean and variance of entries at (possibly unseen) coordinates, in closed
         form from the fitted messages:
 
@@ -272,15 +276,28 @@ class FunBaTPosterior(ModelPosterior):
             \operatorname{tr}((\Sigma_W + \bar w\bar w^\top)\otimes_k E[u^k_*u^{k\top}_*]) -
             E[y_*]^2 + 1/E[\tau],
 
-        in the units of the value column.
+        in the units of the value column. Any coordinates: between and beyond the training
+        ones of any mode, or of all modes at once. Compiled once per size bucket (the query is
+        padded to a power of two, at least 64).
 
         Args:
             new: a DataFrame with the coordinate columns (others are ignored), or an array
                 ``(m, K)`` in the order of ``coords`` at the fit.
+            noise: include the observation noise :math:`1/E[\tau]` (the predictive of a new
+                measurement) or not (the variance of the latent value :math:`f_*`).
+            interval: a probability such as ``0.95``: add columns ``lower`` and ``upper``,
+                the central interval of a normal with these moments.
 
         Returns:
-            DataFrame with columns ``mean``, ``variance`` and ``sd`` (index of ``new``).
+            DataFrame with columns ``mean``, ``variance`` and ``sd`` (and ``lower``,
+            ``upper``), index of ``new``.
         """
+        if not isinstance(noise, bool):
+            raise TypeError(f"`noise` must be a bool; got {noise!r}.")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(
+                interval, (int, float)) or not 0 < interval < 1):  # fmt: skip
+            raise ValueError(f"`interval` must be a probability in (0, 1) or None; got "
+                             f"{interval!r}.")  # fmt: skip
         x = self._coordinates(new)
         index = new.index if isinstance(new, pd.DataFrame) else None
         n = x.shape[0]
@@ -300,8 +317,15 @@ class FunBaTPosterior(ModelPosterior):
                                      self.context["cp"])  # fmt: skip
         y_mean, y_sd = self.context["y_mean"], self.context["y_sd"]
         mean = np.asarray(mean)[:n] * y_sd + y_mean
-        var = np.asarray(var)[:n] * y_sd**2
-        return pd.DataFrame({"mean": mean, "variance": var, "sd": np.sqrt(var)}, index=index)
+        var = np.asarray(var)[:n]
+        if not noise:  # the latent part was clipped at 0 before the noise was added
+            var = np.maximum(var - float(s.tau_b / s.tau_a), 0.0)
+        var = var * y_sd**2
+        out = pd.DataFrame({"mean": mean, "variance": var, "sd": np.sqrt(var)}, index=index)
+        if interval is not None:
+            z = float(scipy.stats.norm.ppf(0.5 + interval / 2))
+            out["lower"], out["upper"] = mean - z * out["sd"], mean + z * out["sd"]
+        return out
 
 
 class FunBaT(Estimator):
@@ -329,7 +353,11 @@ class FunBaT(Estimator):
             validation RMSE improves by at least 1 %; the best one then continues on all
             training entries from its state (``post.extra["rank_scores"]`` holds the
             validation RMSE of each rank tried, in data units). Candidates with a Tucker core
-            of more than ``max_core`` elements (:math:`R^K`) are skipped.
+            of more than ``max_core`` elements (:math:`R^K`) are skipped. Or, for Tucker, one
+            rank per mode :math:`(R_1, \dots, R_K)` (core :math:`R_1\times\dots\times R_K`;
+            e.g. a low rank on a mode you will extrapolate in). A mode never gets more
+            components than it has unique coordinates (the core holds the rest);
+            ``post.extra["mode_ranks"]`` reports the ranks fitted.
         kernel: kernel of the latent functions (exact SDE: Matérn 1/2, 3/2, 5/2, ...), one for
             every mode or a sequence with one per mode; lengthscales refer to the scaled
             coordinates (see ``scale``). Default Matérn 3/2 with variance 1 and lengthscale 0.1.
@@ -417,11 +445,19 @@ class FunBaT(Estimator):
         validation: float = 0.1,
         max_core: int = 1024,
     ):
-        if rank == "auto":
+        if isinstance(rank, str) and rank == "auto":
             self.rank = "auto"
+        elif isinstance(rank, (Sequence, np.ndarray)) and not isinstance(rank, str):
+            if cp:
+                raise ValueError(f"`rank` per mode needs Tucker (cp=False); got {rank!r} with "
+                                 "cp=True, whose core is superdiagonal.")  # fmt: skip
+            if len(rank) < 2:
+                raise ValueError(f"`rank` per mode must give one rank per mode; got {rank!r}.")
+            self.rank = tuple(check_int(f"rank[{i}]", r, minimum=1) for i, r in enumerate(rank))
         else:
             if isinstance(rank, str):
-                raise ValueError(f"`rank` must be a positive int or 'auto'; got {rank!r}.")
+                raise ValueError(f"`rank` must be a positive int, one per mode or 'auto'; got "
+                                 f"{rank!r}.")  # fmt: skip
             self.rank = check_int("rank", rank, minimum=1)
         if isinstance(rank_candidates, (str, int)) or not isinstance(rank_candidates, Sequence) \
                 or not rank_candidates:  # fmt: skip
@@ -557,7 +593,7 @@ class FunBaT(Estimator):
             raise ValueError(f"column {value!r} is constant; there is nothing to decompose.")
         data = funbat_data(x, (y - y_mean) / y_sd)
         dtype = jnp.result_type(float)
-        ranks = self._ranks(K)
+        ranks = self._ranks([t.size for t in data.ticks])
         idx, y_pad, weight, ticks = padded(data)  # bucket sizes: similar fits share compiles
         problem = FunBaTProblem(
             idx=jnp.asarray(idx), y=jnp.asarray(y_pad, dtype),
@@ -566,7 +602,8 @@ class FunBaT(Estimator):
                          for k, t in enumerate(ticks)),
             damping=jnp.asarray(self.damping, dtype), a0=jnp.asarray(self.a0, dtype),
             b0=jnp.asarray(self.b0, dtype), y_scale=jnp.asarray(y_sd, dtype),
-            learning=self._learning(kernels, dtype), rank=ranks[0], cp=self.cp,
+            learning=self._learning(kernels, dtype),
+            rank=self._mode_ranks(ranks[0], [t.size for t in data.ticks]), cp=self.cp,
             parallel=self.parallel, window=self.window, weight=jnp.asarray(weight, dtype),
             groups=None if self.cp else tuple(
                 entry_groups(idx, [t.size for t in ticks], first=k) for k in range(K)),
@@ -600,12 +637,24 @@ class FunBaT(Estimator):
             return name != "variance"
         return bool(self.learn_kernel) and name in self.learn_kernel
 
-    def _ranks(self, K: int) -> tuple[int, ...]:
+    def _mode_ranks(self, rank, sizes):
+        """The problem's rank of a candidate: CP one int; Tucker per mode, each at most the
+        mode's number of coordinates (a rank above it adds nothing the core cannot hold)."""
+        if self.cp:
+            return rank
+        return tuple(min(r, m) for r, m in zip(core_shape(rank, len(sizes)), sizes, strict=True))
+
+    def _ranks(self, sizes) -> tuple:
         """The ranks to fit: ``(rank,)``, or the candidates of ``rank="auto"`` whose Tucker core
         fits ``max_core``."""
+        K = len(sizes)
+        if isinstance(self.rank, tuple) and len(self.rank) != K:
+            raise ValueError(f"`rank` per mode must have {K} entries (one per coordinate "
+                             f"column); got {self.rank!r}.")  # fmt: skip
         if self.rank != "auto":
             return (self.rank,)
-        ranks = tuple(r for r in self.rank_candidates if self.cp or r**K <= self.max_core)
+        ranks = tuple(r for r in self.rank_candidates
+                      if self.cp or math.prod(self._mode_ranks(r, sizes)) <= self.max_core)
         if not ranks:
             raise ValueError(
                 f"rank='auto': every candidate in rank_candidates={self.rank_candidates} has a "
@@ -635,6 +684,8 @@ class FunBaT(Estimator):
     def stages(self, prepared: Prepared):
         ctx = prepared.context
         ranks = ctx["ranks"]
+        sizes = [t.size for t in ctx["ticks"]]
+        ctx["rank"] = ranks[0]
         if len(ranks) == 1:
             yield self._stage("", prepared.problem, funbat_init, self.restarts)
             ctx["rank_scores"] = {}
@@ -643,8 +694,8 @@ class FunBaT(Estimator):
         scores, states, prev = {}, {}, None
         for r in ranks:
             res = yield self._stage(
-                f"rank {r}", dataclasses.replace(sel["problem"], rank=r), funbat_init,
-                self.restarts,
+                f"rank {r}", dataclasses.replace(sel["problem"], rank=self._mode_ranks(r, sizes)),
+                funbat_init, self.restarts,
             )  # fmt: skip
             scores[r], states[r] = self._validation_rmse(res.state.ep, sel, ctx), res.state
             if prev is not None and scores[r] > 0.99 * scores[prev]:
@@ -654,8 +705,10 @@ class FunBaT(Estimator):
         low = min(scores.values())
         best = next(r for r in scores if scores[r] <= 1.01 * low)  # the smallest within 1 %
         start = states[best]._replace(mse=jnp.full_like(states[best].mse, jnp.inf))
+        ctx["rank"] = best
         yield self._stage(
-            f"rank {best}, all entries", dataclasses.replace(prepared.problem, rank=best),
+            f"rank {best}, all entries",
+            dataclasses.replace(prepared.problem, rank=self._mode_ranks(best, sizes)),
             lambda key, problem, restart=0: start, 1,
         )  # fmt: skip
 
@@ -686,7 +739,8 @@ class FunBaT(Estimator):
 
     def posterior(self, results, prepared: Prepared) -> FunBaTPosterior:
         res = results[-1]
-        rank = res.state.ep.mu[0].shape[1]
+        ranks = tuple(m.shape[1] for m in res.state.ep.mu)
+        rank = ranks[0] if len(set(ranks)) == 1 else ranks
         problem = dataclasses.replace(prepared.problem, rank=rank)
         kernels = fitted_kernels(problem, res.state)
         ctx = {**prepared.context, "kernels": kernels}
@@ -707,7 +761,7 @@ class FunBaT(Estimator):
             coords=coords, method=f"funbat-{'cp' if self.cp else 'tucker'}-ep",
             extra={
                 "train_rmse": np.asarray(res.history["train_rmse"]), "restart_rmse": screened,
-                "epochs_run": res.num_steps, "rank": rank,
+                "epochs_run": res.num_steps, "rank": ctx["rank"], "mode_ranks": ranks,
                 "rank_scores": dict(ctx.get("rank_scores", {})),
                 "converged": res.stop_reason == "tolerance",
                 "tau": float(state.tau_a / state.tau_b),
@@ -731,7 +785,8 @@ class FunBaT(Estimator):
     def _draws(self, key, state, ctx):
         """Draws of the sites from the fitted Gaussian messages and :math:`q(\tau)`, on the
         host (a NumPy generator seeded by ``key``: no per-shape compilation of random ops)."""
-        S, R, K = self.num_samples, state.mu[0].shape[1], len(ctx["columns"])
+        S, K = self.num_samples, len(ctx["columns"])
+        R = tuple(m.shape[1] for m in state.mu)  # per mode
         rng = _host_rng(key)
         samples, dims, cmap = {}, {}, {}
         for k, col in enumerate(ctx["columns"]):
@@ -743,12 +798,12 @@ class FunBaT(Estimator):
             dims[f"u_{k}"] = [f"rank_{k}", col]
             lo, span = ctx["scale"][k]
             cmap[col] = ctx["ticks"][k] * span + lo
-            cmap[f"rank_{k}"] = np.arange(R)
+            cmap[f"rank_{k}"] = np.arange(R[k])
         if not self.cp:
             w_mean = np.asarray(state.core_mean)
-            z = rng.standard_normal((S, R**K))
+            z = rng.standard_normal((S, math.prod(R)))
             w = w_mean + z @ _psd_root(state.core_cov).T
-            samples["W"] = w.astype(w_mean.dtype).reshape(1, S, *(R,) * K)
+            samples["W"] = w.astype(w_mean.dtype).reshape(1, S, *R)
             dims["W"] = [f"rank_{k}" for k in range(K)]
         tau_b = np.asarray(state.tau_b)
         tau = rng.gamma(float(state.tau_a), 1.0, S) / float(tau_b)

@@ -22,7 +22,7 @@ def funbat_model(
     ticks: Sequence[Any],
     y: Any = None,
     *,
-    rank: int,
+    rank: int | Sequence[int],
     kernel: Any = None,
     cp: bool = False,
     a0: float = 1.0,
@@ -50,14 +50,16 @@ def funbat_model(
         idx: ``(N, K)`` int indices of each entry's coordinate in each mode.
         ticks: per mode, the strictly increasing unique coordinates.
         y: ``(N,)`` observations, or ``None`` to sample them.
-        rank: :math:`R`.
+        rank: :math:`R`, or per mode :math:`(R_1, \dots, R_K)` (Tucker; the core is then
+            :math:`R_1 \times \dots \times R_K`).
         kernel: one kernel for every mode or one per mode (default Matérn 3/2, 1, 0.1).
         cp: FunBaT-CP (superdiagonal core, no ``W`` site).
         a0, b0: Gamma prior of :math:`\tau`.
         y_loc, y_scale: :math:`c, s` (above).
         jitter: relative jitter of the GP priors.
 
-    Sites: ``u_<k>`` (``(R, M_k)``, plate ``rank_<k>``), ``W`` (``(R,)*K``, Tucker), ``tau``,
+    Sites: ``u_<k>`` (``(R_k, M_k)``, plate ``rank_<k>``), ``W`` (``(R_1, ..., R_K)``,
+    Tucker), ``tau``,
     deterministic ``f`` (the entry means, data units), observed ``y`` (plate ``entry``).
     """
     import numpyro
@@ -66,6 +68,11 @@ def funbat_model(
     from bayeslr.distributions import GaussMarkovGP
 
     K = len(ticks)
+    ranks = (int(rank),) * K if jnp.ndim(rank) == 0 else tuple(int(r) for r in rank)
+    if len(ranks) != K or (cp and len(set(ranks)) > 1):
+        raise ValueError(
+            f"`rank` must be an int or one per mode ({K}), equal for cp=True; got {rank!r}."
+        )
     if kernel is None:
         kernel = Matern32(variance=1.0, lengthscale=0.1)
     kernels = tuple(kernel) if isinstance(kernel, Sequence) else (kernel,) * K
@@ -73,7 +80,7 @@ def funbat_model(
     us = []
     for k in range(K):
         var = jnp.asarray(getattr(kernels[k], "variance", 1.0))
-        with numpyro.plate(f"rank_{k}", rank):
+        with numpyro.plate(f"rank_{k}", ranks[k]):
             u = numpyro.sample(
                 f"u_{k}", GaussMarkovGP(kernels[k], jnp.asarray(ticks[k]), jitter * var)
             )
@@ -81,7 +88,7 @@ def funbat_model(
     if cp:
         f = jnp.sum(jnp.prod(jnp.stack(us), axis=0), axis=1)
     else:
-        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand((rank,) * K).to_event(K))
+        w = numpyro.sample("W", dist.Normal(0.0, 1.0).expand(ranks).to_event(K))
         f = jnp.einsum(
             _AX[:K] + "," + ",".join(f"n{_AX[j]}" for j in range(K)) + "->n", w, *us,
             precision=_HI,
