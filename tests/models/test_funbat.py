@@ -1,5 +1,6 @@
 """FunBaT: message passing against dense twins, recovery, prediction, errors."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -686,3 +687,73 @@ def test_per_mode_tucker_ranks_and_the_cap_at_the_coordinates():
         FunBaT(rank=(2, 2, 2), cp=True)
     with pytest.raises(ValueError, match=r"rank\[1\]"):
         FunBaT(rank=(2, 0, 2))
+
+
+def test_validate_on_holds_out_whole_interior_coordinates(x64):
+    # validate_on="x": the validation entries are every entry at a random tenth of x's
+    # interior coordinates, so none of those coordinates keeps a fitting entry and rank="auto"
+    # is chosen on interpolation to unseen x; the default draws entries at random instead.
+    df = funbat_synthetic(3, n_grids=2, grid=10, noise_sd=0.01)
+    est = FunBaT(rank="auto", validate_on="x", validation=0.2, progress_bar=False)
+    prep = est.prepare(df, ["x", "y"], "value")
+    sel = prep.context["selection"]
+    held = np.unique(sel["idx"][:, 0])
+    n_x = prep.context["ticks"][0].size
+    assert held.size == round(0.2 * n_x) and 0 not in held and n_x - 1 not in held
+    counts = np.asarray(sel["problem"].counts[0])
+    assert np.all(counts[held] == 0) and counts.sum() == len(df) - len(sel["y"])
+    assert np.all(np.asarray(sel["problem"].counts[1]) >= 0)
+    z = (prep.context["y"] - prep.context["y_mean"]) / prep.context["y_sd"]  # standardized
+    y_of = dict(zip(map(tuple, prep.context["idx"]), z, strict=True))
+    assert all(np.isclose(y_of[tuple(i)], v) for i, v in zip(sel["idx"], sel["y"], strict=True))
+    rand = FunBaT(rank="auto", validation=0.2, progress_bar=False).prepare(df, ["x", "y"], "value")
+    r_held = np.unique(rand.context["selection"]["idx"][:, 0])
+    assert np.any(np.asarray(rand.context["selection"]["problem"].counts[0])[r_held] > 0)
+    kw = dict(cp=True, kernel=Matern32(0.5, 0.2), epochs=10, learn_kernel=False, **FAST)
+    post = FunBaT(rank="auto", rank_candidates=(1, 2), validate_on="y", **kw).fit(
+        df, ["x", "y"], "value"
+    )
+    assert set(post.extra["rank_scores"]) <= {1, 2} and post.extra["rank"] in (1, 2)
+    with pytest.raises(ValueError, match="one of the coordinate columns"):
+        FunBaT(validate_on="z", progress_bar=False).fit(df, ["x", "y"], "value")
+    with pytest.raises(ValueError, match="nothing to choose"):
+        FunBaT(rank=3, validate_on="x")
+    with pytest.raises(TypeError, match="validate_on"):
+        FunBaT(validate_on=0)
+    two = pd.DataFrame({"a": [0.0, 1.0, 0.0, 1.0], "b": [0.0, 0.0, 1.0, 1.0], "v": [1.0, 2, 3, 5]})
+    with pytest.raises(ValueError, match="at least 3 distinct"):
+        FunBaT(validate_on="a", progress_bar=False).fit(two, ["a", "b"], "v")
+
+
+def test_noise_warmup_holds_the_noise_at_a_tenth_of_the_variance(x64):
+    # During the first `noise_warmup` epochs the step starts from q(tau) with mean
+    # 10 / var(y) over the real (weight-1) entries; afterwards it is the plain step.
+    from bayeslr.models.funbat.algo import WARMUP_SNR, _warm_noise, funbat_init
+    from bayeslr.models.funbat.algo import funbat_step as funbat_step_
+
+    df = funbat_synthetic(3, n_grids=2, grid=6, noise_sd=0.1)
+    prep = FunBaT(rank=2, noise_warmup=2, kernel=Matern32(1.0, 0.2), progress_bar=False).prepare(
+        df, ["x", "y"], "value"
+    )
+    problem = prep.problem
+    assert problem.warmup == 2
+    key = jax.random.PRNGKey(0)
+    state = funbat_init(key, problem)
+    w = np.asarray(problem.weight)
+    y = np.asarray(problem.y)[w > 0]
+    warm = _warm_noise(state.ep, problem)
+    np.testing.assert_allclose(float(warm.tau_a / warm.tau_b), WARMUP_SNR / y.var(), rtol=1e-10)
+    assert float(warm.tau_a) == pytest.approx(1.0 + 0.5 * y.size)
+    plain = dataclasses.replace(problem, warmup=0)
+    funbat_step = jax.jit(funbat_step_)
+    got, _ = funbat_step(key, state, problem)
+    want, _ = funbat_step(key, state._replace(ep=warm), plain)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    later = state._replace(epoch=jnp.asarray(2, jnp.int32))
+    got, _ = funbat_step(key, later, problem)
+    want, _ = funbat_step(key, later, plain)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+    with pytest.raises(ValueError, match="noise_warmup"):
+        FunBaT(noise_warmup=-1)

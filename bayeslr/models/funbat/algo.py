@@ -645,7 +645,7 @@ def fitted_kernels(problem: FunBaTProblem, state: FunBaTFit) -> tuple[Any, ...]:
         "idx", "y", "ticks", "kernels", "counts", "damping", "a0", "b0", "y_scale", "learning",
         "weight", "groups",
     ],
-    meta_fields=["rank", "cp", "parallel", "window"],
+    meta_fields=["rank", "cp", "parallel", "window", "warmup"],
 )
 @dataclasses.dataclass(frozen=True)
 class FunBaTProblem:
@@ -664,6 +664,8 @@ class FunBaTProblem:
         rank, cp, parallel: static: :math:`R` (an int, or per mode :math:`(R_1, \dots, R_K)`
             for Tucker), FunBaT-CP, associative-scan smoothers.
         window: static: epochs over which ``rmse_change`` (the stopping statistic) is taken.
+        warmup: static: epochs at the start during which :math:`q(\tau)` is held at a noise of
+            a tenth of the values' variance (:func:`funbat_step`); 0: none.
         weight: ``(N,)`` 0/1 entry weights (:func:`funbat_epoch`): the estimator holds a
             validation split out with weight 0, so that the fit on all entries afterwards has
             the same shapes and reuses the compiled step. ``None``: all 1.
@@ -686,6 +688,7 @@ class FunBaTProblem:
     parallel: bool
     window: int = 5
     weight: Array | None = None
+    warmup: int = 0
     groups: tuple[EntryGroups, ...] | None = None
 
 
@@ -725,10 +728,62 @@ def funbat_init(key: Array, problem: FunBaTProblem, restart=0) -> FunBaTFit:
     return FunBaTFit(ep, theta, opt, jnp.asarray(0, jnp.int32), mse)
 
 
+def _balance_scales(ep: FunBaTState, counts: Sequence[Array]) -> FunBaTState:
+    r"""Tucker's scale moved into the core: :math:`W \times_k u^k` is unchanged by
+    :math:`u^k_r \to u^k_r / c_{kr}`, :math:`W \to W \times_k \operatorname{diag}(c_k)`, and
+    the message passing does not pin :math:`c` (it drifts with the start; latent functions
+    three times the prior's sd beside a core near zero were seen). With
+    :math:`c_{kr}^2` the mean of :math:`E[(u^k_r)^2]` over the mode's coordinates that hold
+    data, every latent function gets unit mean square, as its unit-variance prior says, so far
+    from the data (where :math:`u^k` returns to that prior) the predictive spread is the
+    fitted signal's. Every message and moment is transformed exactly with it (sites
+    :math:`\Lambda \to C\Lambda C`, :math:`\eta \to C\eta`; the core's messages by
+    :math:`D^{-1}` with :math:`D = \otimes_k C_k`)."""
+    mus, covs, lams, etas, cs = [], [], [], [], []
+    for mu, cov, lam, eta, cnt in zip(ep.mu, ep.cov, ep.lam, ep.eta, counts, strict=True):
+        w = (cnt > 0).astype(mu.dtype)[:, None]
+        m2 = mu**2 + jnp.diagonal(cov, axis1=1, axis2=2)
+        c = jnp.sqrt(jnp.sum(w * m2, axis=0) / jnp.maximum(jnp.sum(w), 1.0))
+        c = jnp.clip(c, 1e-3, 1e3)
+        cc = c[:, None] * c[None, :]
+        mus.append(mu / c)
+        covs.append(cov / cc)
+        lams.append(lam * cc)
+        etas.append(eta * c)
+        cs.append(c)
+    d = functools.reduce(jnp.kron, cs)
+    dd = d[:, None] * d[None, :]
+    return ep._replace(
+        mu=tuple(mus), cov=tuple(covs), lam=tuple(lams), eta=tuple(etas),
+        core_mean=ep.core_mean * d, core_cov=ep.core_cov * dd, core_lam=ep.core_lam / dd,
+        core_eta=ep.core_eta / d,
+    )  # fmt: skip
+
+
+WARMUP_SNR = 10.0  # signal-to-noise variance ratio that q(tau) is held at while warming up
+
+
+def _warm_noise(ep: FunBaTState, problem: FunBaTProblem) -> FunBaTState:
+    r""":math:`q(\tau)` held at mean :math:`\text{WARMUP\_SNR} / \operatorname{var}(y)` (the
+    noise a tenth of the values' variance), with the shape of a posterior over :math:`n`
+    entries, during the first ``problem.warmup`` epochs."""
+    y = problem.y
+    w = jnp.ones_like(y) if problem.weight is None else problem.weight
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mean = jnp.sum(w * y) / n
+    var = jnp.maximum(jnp.sum(w * (y - mean) ** 2) / n, jnp.finfo(y.dtype).tiny)
+    tau_a = (problem.a0 + 0.5 * n).astype(ep.tau_b.dtype)
+    return ep._replace(tau_a=tau_a, tau_b=(tau_a * var / WARMUP_SNR).astype(ep.tau_b.dtype))
+
+
 def funbat_step(key: Array, state: FunBaTFit, problem: FunBaTProblem):
     r"""One step of :func:`bayeslr.infer.loop.run`: the kernels' hyperparameters
     (:class:`KernelLearning`, when the problem learns them) on the current messages, then one
-    epoch (:func:`funbat_epoch`) with the new kernels.
+    epoch (:func:`funbat_epoch`) with the new kernels. In the first ``problem.warmup`` epochs
+    the noise is held at a tenth of the values' variance before the epoch (:func:`_warm_noise`):
+    from a random start the first fit explains little, and a noise estimated from it makes
+    every message weak, which on sparse data (ozone with 8 % of its cells observed) is a fixed
+    point the message passing does not leave (training RMSE stuck at 83 % of the values' sd).
 
     ``info``: ``train_rmse`` (the training error of the posterior mean after the epoch, in data
     units), ``change`` (:math:`\max_k\|\mu^k_{new} - \mu^k\|/\|\mu^k\|`) and
@@ -744,12 +799,16 @@ def funbat_step(key: Array, state: FunBaTFit, problem: FunBaTProblem):
 
         theta, opt = jax.lax.cond(state.epoch >= learning.start, learn, lambda c: c, (theta, opt))
     kernels = tuple(kernel_with(k, t) for k, t in zip(problem.kernels, theta, strict=True))
+    if problem.warmup:
+        ep = jax.lax.cond(state.epoch < problem.warmup, _warm_noise, lambda e, _: e, ep, problem)
     d = problem.damping
     new, mse = funbat_epoch(
         ep, problem.idx, problem.y, problem.ticks, kernels, cp=problem.cp,
         damping=(d[0], d[1], d[2]), a0=problem.a0, b0=problem.b0, parallel=problem.parallel,
         weight=problem.weight, groups=problem.groups,
     )  # fmt: skip
+    if not problem.cp:
+        new = _balance_scales(new, problem.counts)
     window = jnp.concatenate([state.mse[1:], mse[None]])
     rmse = jnp.sqrt(window)
     lo = jnp.min(rmse)

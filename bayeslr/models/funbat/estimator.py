@@ -385,6 +385,12 @@ class FunBaT(Estimator):
             below (0: always run ``epochs``). ``converged`` and ``epochs_run`` in
             ``post.extra`` report it.
         window: epochs of that spread (at least 2).
+        noise_warmup: epochs at the start of each fit in which the noise is held at a tenth of
+            the values' variance before it is estimated. From a random start the first fit
+            explains little; a noise estimated from it weakens every message, and on sparse
+            data the message passing stays there (ozone with 8 % of the cells observed: test
+            RMSE 8.76 without warm-up, the training RMSE stuck at 8.5 for 100 epochs; 4.06
+            with it). 0 estimates the noise from the first epoch.
         learn_kernel: learn every mode's kernel hyperparameters but its variance (lengthscale,
             period, ...) by type-II MAP on the mode's Kalman evidence between epochs
             (:class:`~bayeslr.models.funbat.KernelLearning`); ``kernel`` is then the starting
@@ -403,6 +409,14 @@ class FunBaT(Estimator):
             is a sequential Kalman scan: seconds per epoch at :math:`10^4` coordinates).
         kernel_prior_scale: sd of the log-normal prior on each hyperparameter (log scale).
         rank_candidates, validation, max_core: the choice of ``rank="auto"`` (above).
+        validate_on: ``None`` (default): ``rank="auto"`` validates on random entries, the
+            question "what is the value at a coordinate combination not observed". A
+            coordinate column (``"month"``): it holds out whole interior coordinates of that
+            column instead (a fraction ``validation`` of them), the question "what happens at
+            a month not in the data". The two can disagree: a high rank fits fine detail that
+            helps the first and hurts the second (on ozone, R = 8 is best on random entries and
+            R = 3 on held-out months). With irregular coordinates (every entry its own) the two
+            splits nearly coincide.
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
             worth it on accelerators with many unique coordinates).
 
@@ -444,6 +458,8 @@ class FunBaT(Estimator):
         rank_candidates: Sequence[int] = (3, 5, 8),
         validation: float = 0.1,
         max_core: int = 1024,
+        validate_on: str | None = None,
+        noise_warmup: int = 3,
     ):
         if isinstance(rank, str) and rank == "auto":
             self.rank = "auto"
@@ -472,6 +488,13 @@ class FunBaT(Estimator):
                 0 < validation < 0.5:  # fmt: skip
             raise ValueError(f"`validation` must be a float in (0, 0.5); got {validation!r}.")
         self.validation = float(validation)
+        if validate_on is not None and not isinstance(validate_on, str):
+            raise TypeError(f"`validate_on` must be a coordinate column name or None; got "
+                            f"{validate_on!r}.")  # fmt: skip
+        if validate_on is not None and self.rank != "auto":
+            raise ValueError(f"`validate_on` chooses the rank of rank='auto'; got rank="
+                             f"{self.rank!r}, which leaves nothing to choose.")  # fmt: skip
+        self.validate_on = validate_on
         self.max_core = check_int("max_core", max_core, minimum=1)
         self.epochs = check_int("epochs", epochs, minimum=1)
         super().__init__(seed=seed, progress_bar=progress_bar)
@@ -482,6 +505,7 @@ class FunBaT(Estimator):
             raise ValueError(f"`tol` must be a non-negative float; got {tol!r}.")
         self.tol = float(tol)
         self.window = check_int("window", window, minimum=2)
+        self.noise_warmup = check_int("noise_warmup", noise_warmup, minimum=0)
         self.kernel_steps = check_int("kernel_steps", kernel_steps, minimum=1)
         self.kernel_start = check_int("kernel_start", kernel_start, minimum=0)
         self.kernel_max_sites = check_int("kernel_max_sites", kernel_max_sites, minimum=2)
@@ -572,6 +596,9 @@ class FunBaT(Estimator):
         """
         coords, value = _check_frame(df, coords, value)
         K = len(coords)
+        if self.validate_on is not None and self.validate_on not in coords:
+            raise ValueError(f"`validate_on` must be one of the coordinate columns {list(coords)}"
+                             f"; got {self.validate_on!r}.")  # fmt: skip
         kernels = self._kernels(K)
         raw = np.stack([_as_float(df[c]) for c in coords], axis=1)
         if self.decimals is not None:
@@ -605,6 +632,7 @@ class FunBaT(Estimator):
             learning=self._learning(kernels, dtype),
             rank=self._mode_ranks(ranks[0], [t.size for t in data.ticks]), cp=self.cp,
             parallel=self.parallel, window=self.window, weight=jnp.asarray(weight, dtype),
+            warmup=self.noise_warmup,
             groups=None if self.cp else tuple(
                 entry_groups(idx, [t.size for t in ticks], first=k) for k in range(K)),
         )  # fmt: skip
@@ -613,7 +641,7 @@ class FunBaT(Estimator):
                    "scale": tuple(scale), "y_mean": y_mean, "y_sd": y_sd, "kernels": kernels,
                    "cp": self.cp, "parallel": self.parallel, "ranks": ranks}  # fmt: skip
         if len(ranks) > 1:
-            context["selection"] = self._validation_split(problem, data)
+            context["selection"] = self._validation_split(problem, data, coords)
         return Prepared(problem, context)
 
     def _learning(self, kernels, dtype) -> KernelLearning | None:
@@ -663,15 +691,32 @@ class FunBaT(Estimator):
             )
         return ranks
 
-    def _validation_split(self, problem: FunBaTProblem, data) -> dict[str, Any]:
-        """The problem with a random validation set carved out: its entries get weight 0 (they
-        send no messages), so the coordinates, every array's shape and the compiled step are
-        those of the fit on all entries that follows."""
+    def _validation_split(self, problem: FunBaTProblem, data, coords) -> dict[str, Any]:
+        """The problem with a validation set carved out: its entries get weight 0 (they send no
+        messages), so the coordinates, every array's shape and the compiled step are those of
+        the fit on all entries that follows. A random fraction ``validation`` of the entries,
+        or with ``validate_on`` every entry at a random fraction of that column's interior
+        coordinates (the first and last stay, so validation interpolates as at unseen
+        coordinates: their functions there come from the smoother alone)."""
         n = data.y.shape[0]
         seed = np.asarray(jax.random.key_data(as_key(self.seed))).ravel()
-        perm = np.random.default_rng(seed.astype(np.uint64)).permutation(n)
-        n_val = max(1, round(self.validation * n))
-        val, fit = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        rng = np.random.default_rng(seed.astype(np.uint64))
+        if self.validate_on is None:
+            perm = rng.permutation(n)
+            n_val = max(1, round(self.validation * n))
+            val, fit = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        else:
+            k = list(coords).index(self.validate_on)
+            inner = np.unique(data.idx[:, k])[1:-1]
+            if inner.size < 1:
+                raise ValueError(
+                    f"`validate_on`={self.validate_on!r} needs at least 3 distinct coordinates "
+                    f"in that column to hold interior ones out; got {inner.size + 2}."
+                )
+            hold = rng.choice(inner, min(inner.size, max(1, round(self.validation * (
+                inner.size + 2)))), replace=False)  # fmt: skip
+            mask = np.isin(data.idx[:, k], hold)
+            val, fit = np.flatnonzero(mask), np.flatnonzero(~mask)
         counts = tuple(jnp.asarray(np.bincount(data.idx[fit, k], minlength=t.shape[0]))
                        for k, t in enumerate(problem.ticks))  # fmt: skip
         weight = np.zeros(problem.y.shape[0])  # the padding entries keep weight 0
@@ -717,7 +762,8 @@ class FunBaT(Estimator):
         rs = None
         if restarts > 1:
             rs = loop.Restarts(restarts, "train_rmse", screen_steps=screen, vmap=False)
-        min_steps = self.window + (self.kernel_start if self.learn_kernel else 0)
+        min_steps = max(self.window + (self.kernel_start if self.learn_kernel else 0),
+                        self.noise_warmup + self.window)  # fmt: skip
         return Stage(
             name, init, funbat_step, problem, self.epochs,
             stop=loop.Tolerance("rmse_change", self.tol, min_steps=min_steps)
