@@ -686,7 +686,8 @@ def main(argv=None) -> int:
         )
         syn_rows = [
             (
-                LABEL[m] + (", R = 1" if m in ("tucker", "cp", "funbat_cp") else ""),
+                LABEL[m].split(", best of")[0]
+                + (", R = 1" if m in ("tucker", "cp", "funbat_cp") else ""),
                 len(syn[m]),
                 _ms([r[0] for r in syn[m]], 3),
                 _ms([r[1] for r in syn[m]], 3),

@@ -757,3 +757,37 @@ def test_noise_warmup_holds_the_noise_at_a_tenth_of_the_variance(x64):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
     with pytest.raises(ValueError, match="noise_warmup"):
         FunBaT(noise_warmup=-1)
+
+
+def test_balanced_scales_change_no_prediction_and_give_unit_mean_squares(x64, rng):
+    # u^k_r -> u^k_r / c_kr with the core times c along mode k is an exact reparametrization:
+    # the entries' predictive moments are unchanged, every latent function ends with unit mean
+    # square over the coordinates that hold data, and the messages follow the same map.
+    from bayeslr.models.funbat.algo import _balance_scales, _predict_entries
+
+    sizes, R, K, n = (5, 7, 4), 2, 3, 30
+    state = _random_state(rng, sizes, R, K, False)
+    state = state._replace(mu=tuple(3.0 * m for m in state.mu))  # far from unit scale
+    counts = tuple(jnp.asarray(np.r_[rng.integers(1, 4, m - 1), 0]) for m in sizes)  # last: none
+    idx = np.stack([rng.integers(0, m, n) for m in sizes], 1)
+    new = _balance_scales(state, counts)
+
+    def moments(s):
+        mus = [s.mu[k][idx[:, k]] for k in range(K)]
+        covs = [s.cov[k][idx[:, k]] for k in range(K)]
+        return _predict_entries(mus, covs, s.core_mean, s.core_cov, s.tau_a / s.tau_b, False)
+
+    for a, b in zip(moments(state), moments(new), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10)
+    for k in range(K):
+        m2 = np.asarray(new.mu[k] ** 2 + jnp.diagonal(new.cov[k], axis1=1, axis2=2))
+        np.testing.assert_allclose(m2[:-1].mean(0), 1.0, rtol=1e-10)
+        c = np.asarray(state.mu[k][0] / new.mu[k][0])
+        np.testing.assert_allclose(np.asarray(new.eta[k]), np.asarray(state.eta[k]) * c)
+        np.testing.assert_allclose(np.asarray(new.lam[k]),
+                                   np.asarray(state.lam[k]) * np.outer(c, c))  # fmt: skip
+    # the core's messages: the site precision times the mean is the same function of W
+    w_old = np.linalg.solve(np.asarray(state.core_lam), np.asarray(state.core_eta))
+    w_new = np.linalg.solve(np.asarray(new.core_lam), np.asarray(new.core_eta))
+    d = np.asarray(new.core_mean / state.core_mean)
+    np.testing.assert_allclose(w_new, w_old * d, rtol=1e-8)

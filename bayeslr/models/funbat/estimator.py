@@ -348,7 +348,8 @@ class FunBaT(Estimator):
 
     Args:
         rank: :math:`R`, the same in every mode, or ``"auto"``: chosen on a validation split
-            of the training entries (``validation``, at random): the candidates
+            of the training entries (a fraction ``validation``, at random, or the entries at
+            whole coordinates of the column ``validate_on``): the candidates
             ``rank_candidates`` are fitted in increasing order on the rest, growing while the
             validation RMSE improves by at least 1 %; the best one then continues on all
             training entries from its state (``post.extra["rank_scores"]`` holds the
