@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from bayeslr._validation import as_key, check_int
+from bayeslr._validation import as_key, check_int, check_real
 from bayeslr.gp.kernels import Matern12, Matern32, Matern52
 from bayeslr.infer import loop
 from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
@@ -462,68 +462,31 @@ class FunBaT(Estimator):
         validate_on: str | None = None,
         noise_warmup: int = 3,
     ):
-        if isinstance(rank, str) and rank == "auto":
-            self.rank = "auto"
-        elif isinstance(rank, (Sequence, np.ndarray)) and not isinstance(rank, str):
-            if cp:
-                raise ValueError(f"`rank` per mode needs Tucker (cp=False); got {rank!r} with "
-                                 "cp=True, whose core is superdiagonal.")  # fmt: skip
-            if len(rank) < 2:
-                raise ValueError(f"`rank` per mode must give one rank per mode; got {rank!r}.")
-            self.rank = tuple(check_int(f"rank[{i}]", r, minimum=1) for i, r in enumerate(rank))
-        else:
-            if isinstance(rank, str):
-                raise ValueError(f"`rank` must be a positive int, one per mode or 'auto'; got "
-                                 f"{rank!r}.")  # fmt: skip
-            self.rank = check_int("rank", rank, minimum=1)
-        if isinstance(rank_candidates, (str, int)) or not isinstance(rank_candidates, Sequence) \
-                or not rank_candidates:  # fmt: skip
-            raise TypeError(
-                f"`rank_candidates` must be a non-empty sequence of ints; got {rank_candidates!r}."
-            )
-        cands = [check_int("rank_candidates[i]", r, minimum=1) for r in rank_candidates]
-        if cands != sorted(set(cands)):
-            raise ValueError(f"`rank_candidates` must be increasing; got {rank_candidates!r}.")
-        self.rank_candidates = tuple(cands)
-        if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not \
-                0 < validation < 0.5:  # fmt: skip
-            raise ValueError(f"`validation` must be a float in (0, 0.5); got {validation!r}.")
-        self.validation = float(validation)
-        if validate_on is not None and not isinstance(validate_on, str):
-            raise TypeError(f"`validate_on` must be a coordinate column name or None; got "
-                            f"{validate_on!r}.")  # fmt: skip
-        if validate_on is not None and self.rank != "auto":
-            raise ValueError(f"`validate_on` chooses the rank of rank='auto'; got rank="
-                             f"{self.rank!r}, which leaves nothing to choose.")  # fmt: skip
-        self.validate_on = validate_on
+        self.rank = _check_rank(rank, cp)
+        self.rank_candidates = _check_candidates(rank_candidates)
+        self.validation = check_real("validation", validation, low=0, high=0.5, low_open=True,
+                                     high_open=True)  # fmt: skip
+        self.validate_on = _check_validate_on(validate_on, self.rank)
         self.max_core = check_int("max_core", max_core, minimum=1)
         self.epochs = check_int("epochs", epochs, minimum=1)
         super().__init__(seed=seed, progress_bar=progress_bar)
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.restarts = check_int("restarts", restarts, minimum=1)
         self.screen_epochs = check_int("screen_epochs", screen_epochs, minimum=1)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-            raise ValueError(f"`tol` must be a non-negative float; got {tol!r}.")
-        self.tol = float(tol)
+        self.tol = check_real("tol", tol, low=0)
         self.window = check_int("window", window, minimum=2)
         self.noise_warmup = check_int("noise_warmup", noise_warmup, minimum=0)
         self.kernel_steps = check_int("kernel_steps", kernel_steps, minimum=1)
         self.kernel_start = check_int("kernel_start", kernel_start, minimum=0)
         self.kernel_max_sites = check_int("kernel_max_sites", kernel_max_sites, minimum=2)
-        for name, v in (("kernel_lr", kernel_lr), ("kernel_prior_scale", kernel_prior_scale)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
-        self.kernel_lr, self.kernel_prior_scale = float(kernel_lr), float(kernel_prior_scale)
-        for name, v in (
-            ("damping_u", damping_u),
-            ("damping_core", damping_core),
-            ("damping_noise", damping_noise),
-        ):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise ValueError(f"`{name}` must be a float in [0, 1); got {v!r}.")
-        for name, v in (("a0", a0), ("b0", b0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"`{name}` must be a positive float; got {v!r}.")
+        self.kernel_lr = check_real("kernel_lr", kernel_lr, low=0, low_open=True)
+        self.kernel_prior_scale = check_real("kernel_prior_scale", kernel_prior_scale, low=0,
+                                             low_open=True)  # fmt: skip
+        self.damping = tuple(check_real(n, v, low=0, high=1, high_open=True) for n, v in (
+            ("damping_u", damping_u), ("damping_core", damping_core),
+            ("damping_noise", damping_noise)))  # fmt: skip
+        self.a0, self.b0 = (check_real(n, v, low=0, low_open=True) for n, v in (("a0", a0),
+                                                                                ("b0", b0)))
         if scale not in ("unit", None):
             raise ValueError(f"`scale` must be 'unit' or None; got {scale!r}.")
         flags = (("cp", cp), ("standardize", standardize), ("parallel", parallel))
@@ -534,20 +497,11 @@ class FunBaT(Estimator):
             check_int("decimals", decimals, minimum=0)
         self.kernel = Matern32(variance=1.0, lengthscale=0.1) if kernel is None else kernel
         self.cp = cp
-        self.damping = (float(damping_u), float(damping_core), float(damping_noise))
-        self.a0, self.b0 = float(a0), float(b0)
         self.scale = scale
         self.standardize = standardize
         self.decimals = decimals
         self.parallel = parallel
-        if isinstance(learn_kernel, str) or not isinstance(learn_kernel, (bool, Sequence)) or (
-                not isinstance(learn_kernel, bool) and not all(isinstance(n, str)
-                                                               for n in learn_kernel)):  # fmt: skip
-            raise TypeError(
-                "`learn_kernel` must be a bool or a sequence of hyperparameter names such as "
-                f"('lengthscale',); got {learn_kernel!r}."
-            )
-        self.learn_kernel = learn_kernel if isinstance(learn_kernel, bool) else tuple(learn_kernel)
+        self.learn_kernel = _check_learn_kernel(learn_kernel)
 
     def _kernels(self, K: int) -> tuple[Any, ...]:
         ks = self.kernel
@@ -872,3 +826,56 @@ def _host_rng(key) -> np.random.Generator:
     """A NumPy generator seeded by a JAX key (the same key, the same draws)."""
     return np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel()
                                  .astype(np.uint64))  # fmt: skip
+
+
+def _check_rank(rank: Any, cp: bool) -> str | int | tuple[int, ...]:
+    """``"auto"``, a positive int, or (Tucker) one positive int per mode."""
+    if isinstance(rank, str) and rank == "auto":
+        return "auto"
+    if isinstance(rank, (Sequence, np.ndarray)) and not isinstance(rank, str):
+        if cp:
+            raise ValueError(f"`rank` per mode needs Tucker (cp=False); got {rank!r} with "
+                             "cp=True, whose core is superdiagonal.")  # fmt: skip
+        if len(rank) < 2:
+            raise ValueError(f"`rank` per mode must give one rank per mode; got {rank!r}.")
+        return tuple(check_int(f"rank[{i}]", r, minimum=1) for i, r in enumerate(rank))
+    if isinstance(rank, str):
+        raise ValueError(f"`rank` must be a positive int, one per mode or 'auto'; got "
+                         f"{rank!r}.")  # fmt: skip
+    return check_int("rank", rank, minimum=1)
+
+
+def _check_candidates(rank_candidates: Any) -> tuple[int, ...]:
+    """A non-empty increasing sequence of positive ints."""
+    if isinstance(rank_candidates, (str, int)) or not isinstance(rank_candidates, Sequence) \
+            or not rank_candidates:  # fmt: skip
+        raise TypeError(
+            f"`rank_candidates` must be a non-empty sequence of ints; got {rank_candidates!r}."
+        )
+    cands = [check_int("rank_candidates[i]", r, minimum=1) for r in rank_candidates]
+    if cands != sorted(set(cands)):
+        raise ValueError(f"`rank_candidates` must be increasing; got {rank_candidates!r}.")
+    return tuple(cands)
+
+
+def _check_learn_kernel(learn_kernel: Any) -> bool | tuple[str, ...]:
+    """A bool, or a sequence of hyperparameter names (kept as a tuple)."""
+    if isinstance(learn_kernel, str) or not isinstance(learn_kernel, (bool, Sequence)) or (
+            not isinstance(learn_kernel, bool) and not all(isinstance(n, str)
+                                                           for n in learn_kernel)):  # fmt: skip
+        raise TypeError(
+            "`learn_kernel` must be a bool or a sequence of hyperparameter names such as "
+            f"('lengthscale',); got {learn_kernel!r}."
+        )
+    return learn_kernel if isinstance(learn_kernel, bool) else tuple(learn_kernel)
+
+
+def _check_validate_on(validate_on: Any, rank: Any) -> str | None:
+    """``None`` or a column name, the latter only where ``rank="auto"`` has a rank to choose."""
+    if validate_on is not None and not isinstance(validate_on, str):
+        raise TypeError(f"`validate_on` must be a coordinate column name or None; got "
+                        f"{validate_on!r}.")  # fmt: skip
+    if validate_on is not None and rank != "auto":
+        raise ValueError(f"`validate_on` chooses the rank of rank='auto'; got rank={rank!r}, "
+                         "which leaves nothing to choose.")  # fmt: skip
+    return validate_on
