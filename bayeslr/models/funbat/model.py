@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bayeslr.gp.kernels import Matern32
+from bayeslr.models.funbat.algo import core_shape
 
 __all__ = ["funbat_model"]
 
@@ -69,7 +69,7 @@ def funbat_model(
     from bayeslr.distributions import GaussMarkovGP
 
     K = len(ticks)
-    ranks = (int(rank),) * K if isinstance(rank, (int, np.integer)) else tuple(int(r) for r in rank)
+    ranks = core_shape(rank, K)
     if len(ranks) != K or (cp and len(set(ranks)) > 1):
         raise ValueError(
             f"`rank` must be an int or one per mode ({K}), equal for cp=True; got {rank!r}."
