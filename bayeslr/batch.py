@@ -630,6 +630,9 @@ def run_job(job: Job | dict, out: str | os.PathLike, force: bool = False,
         status, error = "failed", f"{type(err).__name__}: {err}"
         log.error("failed: %s\n%s", error, traceback.format_exc())
     seconds = time.perf_counter() - t0
+    from bayeslr._memory import release_compiled_code
+
+    release_compiled_code()  # a runner fits job after job in one process
     log.info("%s in %.1f s", status, seconds)
     log.removeHandler(handler)
     _atomic_write(d / "job.log", lambda p: p.write_text(buf.getvalue()))
