@@ -672,7 +672,7 @@ def test_per_mode_tucker_ranks_and_the_cap_at_the_coordinates():
                     indexing="ij")  # fmt: skip
     df = pd.DataFrame({"a": g[0].ravel(), "b": g[1].ravel(), "c": g[2].ravel()})
     df["v"] = np.sin(3 * df["a"]) * df["b"] + np.cos(2 * df["c"]) + 0.05 * rng.normal(size=len(df))
-    kw = dict(epochs=3, progress_bar=False, restarts=1, num_samples=4)
+    kw = dict(epochs=2, progress_bar=False, restarts=1, num_samples=4)
     post = FunBaT(rank=(3, 6, 2), **kw).fit(df, ["a", "b", "c"], "v")
     assert post.extra["mode_ranks"] == (3, 4, 2) and post.extra["rank"] == (3, 6, 2)
     assert [post.samples[f"u_{k}"].shape[2:] for k in range(3)] == [(3, 9), (4, 4), (2, 7)]
@@ -680,7 +680,7 @@ def test_per_mode_tucker_ranks_and_the_cap_at_the_coordinates():
     assert np.isfinite(post.moments(df.head(3))["mean"]).all()
     ll = post.log_likelihood()["y"]
     assert ll.shape[-1] == len(df) and np.isfinite(np.asarray(ll)).all()
-    assert FunBaT(rank=6, **kw).fit(df, ["a", "b", "c"], "v").extra["mode_ranks"] == (6, 4, 6)
+    assert FunBaT(rank=6, **kw).prepare(df, ["a", "b", "c"], "v").problem.rank == (6, 4, 6)
     with pytest.raises(ValueError, match="must have 3 entries"):
         FunBaT(rank=(2, 2), **kw).fit(df, ["a", "b", "c"], "v")
     with pytest.raises(ValueError, match="cp=True"):
@@ -791,3 +791,25 @@ def test_balanced_scales_change_no_prediction_and_give_unit_mean_squares(x64, rn
     w_new = np.linalg.solve(np.asarray(new.core_lam), np.asarray(new.core_eta))
     d = np.asarray(new.core_mean / state.core_mean)
     np.testing.assert_allclose(w_new, w_old * d, rtol=1e-8)
+
+
+def test_validate_on_chooses_that_columns_lengthscale(x64):
+    # A kernel started far too short with a tight prior keeps a short learned lengthscale on x;
+    # validate_on="x" tries it x2, x4, x8 on held-out x coordinates, keeps the longer one that
+    # interpolates the smooth truth better, and holds it fixed in the fit on all entries.
+    rng = np.random.default_rng(0)
+    g = np.meshgrid(np.linspace(0, 1, 40), np.linspace(0, 1, 5), indexing="ij")
+    df = pd.DataFrame({"x": g[0].ravel(), "y": g[1].ravel()})
+    df["v"] = np.sin(2 * np.pi * df["x"]) * (1 + df["y"]) + 0.05 * rng.normal(size=len(df))
+    kw = dict(kernel=Matern32(1.0, 0.01), kernel_prior_scale=0.05, rank_candidates=(1, 2),
+              epochs=15, validation=0.2, **FAST)  # fmt: skip
+    post = FunBaT(validate_on="x", **kw).fit(df, ["x", "y"], "v")
+    scores = post.extra["lengthscale_scores"]
+    assert list(scores)[:2] == [1.0, 2.0]
+    chosen = min(f for f in scores if scores[f] <= 1.01 * min(scores.values()))
+    assert chosen > 1.0 and scores[chosen] < 0.9 * scores[1.0]
+    ell = post.extra["lengthscale"]
+    assert ell["x"] == pytest.approx(chosen * 0.01, rel=0.15)  # held where it was chosen
+    assert ell["y"] == pytest.approx(0.01, rel=0.3)  # the other mode learns as before
+    plain = FunBaT(validate_on=None, **kw).fit(df, ["x", "y"], "v")
+    assert plain.extra["lengthscale_scores"] == {}

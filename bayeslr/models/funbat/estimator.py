@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 import scipy.stats
 
@@ -39,6 +40,7 @@ from bayeslr.models.funbat.model import funbat_model
 __all__ = ["FunBaT", "FunBaTPosterior"]
 
 
+LENGTHSCALE_FACTORS = (2.0, 4.0, 8.0)  # tried on the validate_on column, in this order
 _KERNELS = {"matern12": Matern12, "matern32": Matern32, "matern52": Matern52}
 
 
@@ -416,7 +418,14 @@ class FunBaT(Estimator):
             a month not in the data". The two can disagree: a high rank fits fine detail that
             helps the first and hurts the second (on ozone, R = 8 is best on random entries and
             R = 3 on held-out months). With irregular coordinates (every entry its own) the two
-            splits nearly coincide.
+            splits nearly coincide. With a column, the same held-out coordinates also choose
+            that column's lengthscale, when it is learned: the evidence fits the coordinates
+            that hold data and can settle on a lengthscale too short to carry the functions
+            across a missing one; the learned value times 2, 4, 8 is tried (held fixed), growing
+            while the validation RMSE improves by 1 %, and the one kept stays fixed in the fit
+            on all entries (``post.extra["lengthscale_scores"]``: factor -> validation RMSE;
+            on NCEP's held-out 6-hour stamps this takes the 5-seed test RMSE from 3.15 to 2.95,
+            where a GP regression gets 3.00).
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
             worth it on accelerators with many unique coordinates).
 
@@ -703,13 +712,67 @@ class FunBaT(Estimator):
         ctx["rank_scores"] = scores
         low = min(scores.values())
         best = next(r for r in scores if scores[r] <= 1.01 * low)  # the smallest within 1 %
-        start = states[best]._replace(mse=jnp.full_like(states[best].mse, jnp.inf))
         ctx["rank"] = best
+        problem = dataclasses.replace(prepared.problem, rank=self._mode_ranks(best, sizes))
+        state = states[best]
+        if self._validates_lengthscale(ctx):
+            sub = dataclasses.replace(sel["problem"], rank=problem.rank)
+            state, learning = yield from self._lengthscale_stages(sub, state, scores[best], ctx)
+            problem = dataclasses.replace(problem, learning=learning)
+        start = state._replace(mse=jnp.full_like(state.mse, jnp.inf))
         yield self._stage(
-            f"rank {best}, all entries",
-            dataclasses.replace(prepared.problem, rank=self._mode_ranks(best, sizes)),
-            lambda key, problem, restart=0: start, 1,
+            f"rank {best}, all entries", problem, lambda key, problem, restart=0: start, 1,
         )  # fmt: skip
+
+    def _validates_lengthscale(self, ctx) -> bool:
+        """Whether ``validate_on`` also chooses that column's lengthscale: it does when the
+        column's kernel has one and it is learned."""
+        if self.validate_on is None or not self._learns("lengthscale"):
+            return False
+        k = ctx["columns"].index(self.validate_on)
+        return "lengthscale" in kernel_leaf_names(ctx["kernels"][k])
+
+    def _lengthscale_stages(self, problem, state, score, ctx):
+        r"""Stages that choose the lengthscale of the ``validate_on`` column on its held-out
+        coordinates; returns the chosen state and the kernel learning to continue with.
+
+        The evidence of the mode's sites learns a lengthscale for the coordinates that hold
+        data, and nothing in it asks how the functions behave between them: where the column
+        is densely sampled and carries short-range detail (NCEP air temperature every 6 hours)
+        it settles on a short lengthscale that follows the detail and reverts to the prior
+        mean a few steps away from any data. Here the learned :math:`\ell` is multiplied by
+        2, 4, 8 in turn, each factor held fixed (its gradient masked) while the fit continues
+        from the state of the chosen rank, growing while the validation RMSE at the held-out
+        coordinates improves by at least 1 %; the smallest factor within 1 % of the best is
+        kept (``post.extra["lengthscale_scores"]``: factor -> validation RMSE).
+        """
+        k = ctx["columns"].index(self.validate_on)
+        j = kernel_leaf_names(ctx["kernels"][k]).index("lengthscale")
+        learning = problem.learning
+        masks = list(learning.mask)
+        masks[k] = masks[k].at[j].set(0.0)
+        fixed = dataclasses.replace(learning, mask=tuple(masks))
+        scores, states, prev = {1.0: score}, {1.0: state}, 1.0
+        for factor in LENGTHSCALE_FACTORS:
+            theta, opt = list(state.log_theta), list(state.opt)
+            theta[k] = theta[k].at[j].add(math.log(factor))
+            opt[k] = optax.adam(1.0).init(theta[k])  # no momentum moves the held value
+            start = state._replace(log_theta=tuple(theta), opt=tuple(opt),
+                                   mse=jnp.full_like(state.mse, jnp.inf))  # fmt: skip
+            res = yield self._stage(
+                f"{self.validate_on} lengthscale x{factor:g}",
+                dataclasses.replace(problem, learning=fixed),
+                lambda key, problem, restart=0, start=start: start, 1,
+            )  # fmt: skip
+            scores[factor] = self._validation_rmse(res.state.ep, ctx["selection"], ctx)
+            states[factor] = res.state
+            if scores[factor] > 0.99 * scores[prev]:
+                break  # the longer lengthscale gained less than 1 %
+            prev = factor
+        ctx["lengthscale_scores"] = scores
+        low = min(scores.values())
+        chosen = next(f for f in scores if scores[f] <= 1.01 * low)
+        return states[chosen], (learning if chosen == 1.0 else fixed)
 
     def _stage(self, name, problem, init, restarts) -> Stage:
         screen = min(self.screen_epochs, self.epochs)
@@ -763,6 +826,7 @@ class FunBaT(Estimator):
                 "train_rmse": np.asarray(res.history["train_rmse"]), "restart_rmse": screened,
                 "epochs_run": res.num_steps, "rank": ctx["rank"], "mode_ranks": ranks,
                 "rank_scores": dict(ctx.get("rank_scores", {})),
+                "lengthscale_scores": dict(ctx.get("lengthscale_scores", {})),
                 "converged": res.stop_reason == "tolerance",
                 "tau": float(state.tau_a / state.tau_b),
                 "kernels": dict(zip(ctx["columns"], kernels, strict=True)),
