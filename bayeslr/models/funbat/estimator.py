@@ -710,8 +710,7 @@ class FunBaT(Estimator):
                 break  # the step up gained less than 1 %
             prev = r
         ctx["rank_scores"] = scores
-        low = min(scores.values())
-        best = next(r for r in scores if scores[r] <= 1.01 * low)  # the smallest within 1 %
+        best = _first_within(scores)
         ctx["rank"] = best
         problem = dataclasses.replace(prepared.problem, rank=self._mode_ranks(best, sizes))
         state = states[best]
@@ -770,8 +769,7 @@ class FunBaT(Estimator):
                 break  # the longer lengthscale gained less than 1 %
             prev = factor
         ctx["lengthscale_scores"] = scores
-        low = min(scores.values())
-        chosen = next(f for f in scores if scores[f] <= 1.01 * low)
+        chosen = _first_within(scores)
         return states[chosen], (learning if chosen == 1.0 else fixed)
 
     def _stage(self, name, problem, init, restarts) -> Stage:
@@ -873,6 +871,13 @@ class FunBaT(Estimator):
         tau = rng.gamma(float(state.tau_a), 1.0, S) / float(tau_b)
         samples["tau"] = tau.astype(tau_b.dtype)[None]
         return samples, dims, cmap
+
+
+def _first_within(scores: dict, rel: float = 0.01):
+    """The first key (the smallest rank or factor: keys are tried in increasing order) whose
+    validation RMSE is within ``rel`` of the best."""
+    low = min(scores.values())
+    return next(k for k in scores if scores[k] <= (1 + rel) * low)
 
 
 def _psd_root(cov) -> np.ndarray:
