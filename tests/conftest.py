@@ -106,19 +106,13 @@ def pytest_collection_modifyitems(config, items):
 # the program itself, the cache turns those into loads (the GP-HM and KroSBL tests: 210 s ->
 # 139 s on 2 workers). A fresh directory each session, removed at the end: nothing carries over
 # between runs. A user's own JAX_COMPILATION_CACHE_DIR is used as it is and kept.
-_CACHE_ENV = "BAYESLR_TEST_JAX_CACHE"
-
-
 def pytest_configure(config):
     import tempfile
 
-    d = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(_CACHE_ENV)
-    if d is None:  # the controlling process: the workers inherit the variable
-        d = tempfile.mkdtemp(prefix="bayeslr-test-jax-cache-")
-        os.environ[_CACHE_ENV] = config._bayeslr_jax_cache = d
-    for name, value in (("JAX_COMPILATION_CACHE_DIR", d),
-                        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")):  # fmt: skip
-        os.environ.setdefault(name, value)  # example subprocesses read these
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controlling process; the workers
+        d = tempfile.mkdtemp(prefix="bayeslr-test-jax-cache-")  # and examples inherit it
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config._bayeslr_jax_cache = d
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))  # fmt: skip
