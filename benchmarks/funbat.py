@@ -104,7 +104,8 @@ SCALE_M = (500, 500, 1000)
 SCALE_EPOCHS = 5
 REF = {"synthetic": (0.004, 0.002), "us_temp_cp3": (1.171, 0.732)}
 
-METHODS = ("funbat", "funbat_validate_on", "funbat_r3_fixed", "tucker", "cp", "gp", "mean")
+METHODS = ("funbat", "funbat_validate_on", "funbat_r3_fixed", "tucker", "cp", "gp", "mean",
+           "interp")
 PEERS = ("tucker", "cp", "gp", "mean")
 LABEL = {
     "funbat": "FunBaT, library defaults (rank auto, kernels learned)",
@@ -116,6 +117,7 @@ LABEL = {
     "cp": f"CP (tensorly, masked), best of R = {PEER_RANKS}",
     "gp": f"GP regression, ARD RBF (≤ {GP_N} pts)",
     "mean": "per-coordinate mean (additive main effects)",
+    "interp": "each cell's series interpolated linearly along the held-out column",
 }
 
 
@@ -177,6 +179,25 @@ def run_mean(tr, te, coords):
         g = tr.groupby(c)["value"].mean()
         pred += np.interp(te[c].to_numpy(np.float64), g.index.to_numpy(np.float64),
                           g.to_numpy(np.float64) - mu)  # fmt: skip
+    return pred, time.perf_counter() - t0
+
+
+def run_interp(tr, te, coords, held):
+    """Each cell's own series along the held-out column ``held``: the test value at an unseen
+    coordinate linearly interpolated between the same cell's nearest training values below and
+    above it (flat beyond them); a cell without training entries gets the per-coordinate mean.
+    The simplest predictor for a missing time step of a gridded series, and a strong one."""
+    t0 = time.perf_counter()
+    others = [c for c in coords if c != held]
+    fallback, _ = run_mean(tr, te, coords)
+    pred = np.asarray(fallback, np.float64).copy()
+    series = {key: g.sort_values(held) for key, g in tr.groupby(others)}
+    x = te[held].to_numpy(np.float64)
+    for key, rows in te.groupby(others).indices.items():  # positional rows per cell
+        s = series.get(key)
+        if s is not None:
+            pred[rows] = np.interp(x[rows], s[held].to_numpy(np.float64),
+                                   s["value"].to_numpy(np.float64))  # fmt: skip
     return pred, time.perf_counter() - t0
 
 
@@ -344,6 +365,9 @@ def part_accuracy(seeds, quick, unseen_only=False):
                 out["gp"] = _record(pred, te, t, sd)
                 pred, t = run_mean(tr, te, coords)
                 out["mean"] = _record(pred, te, t)
+                if split == "unseen" and held is not None:
+                    pred, t = run_interp(tr, te, coords, held)
+                    out["interp"] = _record(pred, te, t)
                 for m, rec in out.items():
                     recs.setdefault((name, split, m), []).append(rec)
                     extra = f" R={rec['rank']}" if "rank" in rec else ""
@@ -582,6 +606,12 @@ def main(argv=None) -> int:
     covs = [r["cov95"] for (n, sp, m), rs in recs.items() if sp == "unseen" and m == "funbat"
             for r in rs]  # fmt: skip
 
+    interp = {  # FunBaT (defaults) over each cell's interpolated series, unseen splits
+        n: np.mean([r["rmse"] for r in recs[(n, "unseen", "funbat")]])
+        / np.mean([r["rmse"] for r in recs[(n, "unseen", "interp")]])
+        for n in names if (n, "unseen", "interp") in recs
+    }
+
     def worst(split):
         v = [f / p for (n, sp), (f, _, p) in ratios.items() if sp == split]
         return float(max(v)) if v else None
@@ -591,6 +621,7 @@ def main(argv=None) -> int:
         ratio_peer_unseen=worst("unseen"),
         ratio_peer_unseen_validate_on=max(
             [f / p for (f, _, p) in ratios_vo.values()], default=None),
+        ratio_interp_unseen=max(interp.values(), default=None),
         cov95_unseen=float(np.mean(covs)),
         t_fit_1e6_s=t1e6,
         t_predict_new_size_s=pred_t["moments_new"],
@@ -603,6 +634,8 @@ def main(argv=None) -> int:
     for (n, sp), (f, b, pr) in ratios_vo.items():
         print(f"  {n:<15s} {sp:<7s} FunBaT validate_on {f:.4g} vs {b} {pr:.4g}: ratio "
               f"{f / pr:.3f}")
+    for n, v in interp.items():
+        print(f"  {n:<15s} unseen  FunBaT / each cell's series interpolated: ratio {v:.3f}")
     print(f"predict timings: {pred_t}", flush=True)
 
     if out_path is not None:
@@ -616,6 +649,11 @@ def main(argv=None) -> int:
             ("ratio_peer_unseen with validate_on=<column> (max over gridded data sets)",
              "≤ 1.0", f"{result['ratio_peer_unseen_validate_on']:.3f}",
              _ok(result["ratio_peer_unseen_validate_on"] <= 1.0)),
+            ("not an issue target: FunBaT (defaults) / each cell's series interpolated "
+             "linearly, unseen split (max over gridded data sets; the stronger simple peer "
+             "there)", "≤ 1.0", f"{result['ratio_interp_unseen']:.3f} ("
+             + ", ".join(f"{n} {v:.3f}" for n, v in interp.items()) + ")",
+             _ok(result["ratio_interp_unseen"] <= 1.0)),
             ("cov95_unseen (mean over data sets, seeds)", "0.90–0.99",
              f"{result['cov95_unseen']:.3f}",
              _ok(0.9 <= result["cov95_unseen"] <= 0.99)),
@@ -642,8 +680,11 @@ def main(argv=None) -> int:
         details["FunBaT"] = (
             "library defaults, nothing set by hand: `FunBaT()` — rank chosen on a random 10 % "
             "validation split of the training entries (candidates 3/5/8, growing while the "
-            "validation RMSE gains 1 %), every mode's kernel variance and lengthscale learned "
-            "(type-II MAP on its Kalman evidence), stop when the training RMSE settles "
+            "validation RMSE gains 1 %), every mode's lengthscale learned (type-II MAP on its "
+            "Kalman evidence; kernel variances stay 1, the scale lives in the core), then "
+            "checked on held-out coordinates of its mode (x1, 2, 4, 8; the longer ones kept "
+            "if the validation RMSE does not rise by more than 1 %), stop when the training "
+            "RMSE settles "
             f"(≤ {EPOCHS} epochs per stage), 3 random starts. Intervals: mean ± 1.96 sd of "
             "`post.moments` (noise included). The 'old default' row is R = 3 with the fixed "
             "Matérn-3/2 (1, 0.1) kernel and 50 epochs. On the unseen splits of the gridded "
@@ -670,6 +711,13 @@ def main(argv=None) -> int:
         details["per-coordinate mean"] = (
             "training mean plus each mode's mean deviation at the coordinate, linearly "
             "interpolated between training coordinates (flat beyond them)"
+        )
+        details["each cell's series interpolated"] = (
+            "unseen splits of the gridded data: the same cell's training values along the "
+            "held-out column, linearly interpolated at the held-out coordinate (flat beyond "
+            "the first/last); cells without training entries get the per-coordinate mean. Not "
+            "among the issue's peers (so not in ratio_peer_unseen): reported as "
+            "ratio_interp_unseen"
         )
         details["irregular point set"] = (
             f"ncep_irregular: {IRREGULAR_N:,} entries of NCEP air temperature at random grid "

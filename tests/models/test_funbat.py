@@ -793,23 +793,82 @@ def test_balanced_scales_change_no_prediction_and_give_unit_mean_squares(x64, rn
     np.testing.assert_allclose(w_new, w_old * d, rtol=1e-8)
 
 
-def test_validate_on_chooses_that_columns_lengthscale(x64):
-    # A kernel started far too short with a tight prior keeps a short learned lengthscale on x;
-    # validate_on="x" tries it x2, x4, x8 on held-out x coordinates, keeps the longer one that
-    # interpolates the smooth truth better, and holds it fixed in the fit on all entries.
+def _stretched_smooth_data():
     rng = np.random.default_rng(0)
     g = np.meshgrid(np.linspace(0, 1, 40), np.linspace(0, 1, 5), indexing="ij")
     df = pd.DataFrame({"x": g[0].ravel(), "y": g[1].ravel()})
     df["v"] = np.sin(2 * np.pi * df["x"]) * (1 + df["y"]) + 0.05 * rng.normal(size=len(df))
+    return df
+
+
+def test_every_learned_lengthscale_is_checked_on_held_out_coordinates(x64):
+    # A kernel started far too short with a tight prior keeps a short learned lengthscale on x;
+    # rank="auto" predicts held-out x coordinates from the rest with it x1, x2, x4, x8, takes
+    # the first within 1 % of the best (a longer one: the truth is smooth), continues with it
+    # held fixed on the validation split, and keeps it as the validation entries gain. y has
+    # too few coordinates to hold any out and is left alone.
+    df = _stretched_smooth_data()
     kw = dict(kernel=Matern32(1.0, 0.01), kernel_prior_scale=0.05, rank_candidates=(1, 2),
               epochs=15, validation=0.2, **FAST)  # fmt: skip
-    post = FunBaT(validate_on="x", **kw).fit(df, ["x", "y"], "v")
+    post = FunBaT(**kw).fit(df, ["x", "y"], "v")
     scores = post.extra["lengthscale_scores"]
-    assert list(scores)[:2] == [1.0, 2.0]
-    chosen = min(f for f in scores if scores[f] <= 1.01 * min(scores.values()))
-    assert chosen > 1.0 and scores[chosen] < 0.9 * scores[1.0]
+    assert list(scores) == ["x"] and list(scores["x"]) == [1.0, 2.0, 4.0, 8.0]
+    sx = scores["x"]
+    chosen = next(f for f in sx if sx[f] <= 1.01 * min(sx.values()))
+    assert chosen > 1.0 and sx[chosen] < 0.9 * sx[1.0]
+    check = post.extra["lengthscale_check"]
+    assert check["factors"] == {"x": chosen, "y": 1.0}
+    before, after = check["validation_rmse"]
+    assert check["kept"] and after < before
     ell = post.extra["lengthscale"]
     assert ell["x"] == pytest.approx(chosen * 0.01, rel=0.15)  # held where it was chosen
     assert ell["y"] == pytest.approx(0.01, rel=0.3)  # the other mode learns as before
-    plain = FunBaT(validate_on=None, **kw).fit(df, ["x", "y"], "v")
-    assert plain.extra["lengthscale_scores"] == {}
+    for other in (dict(lengthscale_factors=(1.0,)), dict(learn_kernel=False), dict(rank=2)):
+        off = FunBaT(**{**kw, **other}).fit(df, ["x", "y"], "v")  # off, fixed kernel, no split
+        assert off.extra["lengthscale_scores"] == {} and off.extra["lengthscale_check"] == {}
+        assert off.extra["lengthscale"].get("x", 0.01) == pytest.approx(0.01, rel=0.3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_held_out_means_are_the_dense_gp_means_without_the_held_out_sites(dtype, rng):
+    # every coordinate of fold q gets the dense GP posterior mean given the sites of the other
+    # folds only, under the kernel with its lengthscale stretched by each factor
+    from bayeslr.models.funbat.algo import held_out_means, kernel_leaf_names
+
+    M, R, folds = 12, 2, 3
+    ticks = np.sort(rng.uniform(0, 1, M))
+    b = rng.standard_normal((M, R, R))
+    lam = b @ np.swapaxes(b, 1, 2) + 0.1 * np.eye(R)
+    eta = rng.standard_normal((M, R))
+    fold = np.full(M, -1)
+    fold[1:-1] = np.arange(M - 2) % folds
+    factors = np.asarray([1.0, 3.0])
+    kernel = Matern32(0.7, 0.2)
+    with jax.enable_x64(dtype == jnp.float64):
+        stretched = jnp.asarray([n == "lengthscale" for n in kernel_leaf_names(kernel)], dtype)
+        got = held_out_means(
+            Matern32(jnp.asarray(0.7, dtype), jnp.asarray(0.2, dtype)),
+            jnp.log(jnp.asarray(factors, dtype)), stretched, jnp.asarray(ticks, dtype),
+            jnp.asarray(lam, dtype), jnp.asarray(eta, dtype), jnp.asarray(fold), folds,
+        )  # fmt: skip
+        assert got.dtype == dtype and got.shape == (2, M, R)
+    tol = dict(rtol=1e-8, atol=1e-10) if dtype == jnp.float64 else dict(rtol=2e-3, atol=2e-3)
+    for i, f in enumerate(factors):
+        for q in range(folds):
+            keep = (fold != q)[:, None]
+            want, _ = _dense_mode_posterior(
+                Matern32(0.7, 0.2 * f), ticks, lam * keep[..., None], eta * keep
+            )
+            at = fold == q
+            np.testing.assert_allclose(np.asarray(got[i])[at], want[at], **tol)
+
+
+@pytest.mark.parametrize(
+    "bad, err, match",
+    [((2.0, 4.0), ValueError, "start with 1.0"), ((1.0, -2.0), ValueError, "positive"),
+     ((1.0, 2.0, 2.0), ValueError, "repeat"), ("x", TypeError, "sequence of positive"),
+     ((), ValueError, "start with 1.0")],
+)  # fmt: skip
+def test_lengthscale_factors_are_validated(bad, err, match):
+    with pytest.raises(err, match=match):
+        FunBaT(lengthscale_factors=bad)

@@ -30,6 +30,7 @@ __all__ = [
     "funbat_epoch",
     "funbat_init",
     "funbat_step",
+    "held_out_means",
 ]
 
 _HI = jax.lax.Precision.HIGHEST
@@ -836,6 +837,51 @@ def _relative_change(old: Sequence[Array], new: Sequence[Array]) -> Array:
 _smooth_sites_jit = jax.jit(smooth_gaussian_sites, static_argnames=("parallel",))
 
 
+@functools.partial(jax.jit, static_argnames=("folds", "parallel"))
+def held_out_means(kernel, log_factors, stretched, ticks, lam, eta, fold, folds, parallel=False):
+    r"""Cross-validated posterior means of one mode's latent functions at its coordinates.
+
+    The coordinates are split into ``folds`` folds (``fold[j]`` in ``0 .. folds-1``, or
+    ``-1`` for a coordinate never held out); the coordinates of fold :math:`q` get the mean of
+    the smoother run on the site messages of all the others (the held-out sites set to zero
+    precision), i.e. what the mode's state-space posterior predicts at a coordinate without
+    data. This is done for every stretch of the kernel in ``log_factors``: the hyperparameters
+    flagged in ``stretched`` (the lengthscales) multiplied by :math:`e^{f}`.
+
+    Args:
+        kernel: the mode's kernel (exact SDE).
+        log_factors: ``(F,)`` log stretch factors (0: the kernel as it is).
+        stretched: ``(P,)`` 0/1 over :func:`kernel_leaves`, the leaves multiplied.
+        ticks, lam, eta: the mode's coordinates ``(M,)`` and site messages ``(M, R, R)``,
+            ``(M, R)``.
+        fold: ``(M,)`` int fold of each coordinate.
+        folds: static: the number of folds.
+        parallel: associative-scan smoothers.
+
+    Returns:
+        ``(F, M, R)``: per factor, each held-out coordinate's mean from the other folds (a
+        coordinate of fold ``-1`` gets fold 0's smoother, which saw its site).
+    """
+    theta = jnp.log(kernel_leaves(kernel))
+    rows = jnp.arange(ticks.shape[0])
+    pick = jnp.clip(fold, 0, folds - 1)
+
+    def per_factor(log_f):
+        kern = kernel_with(kernel, theta + log_f * stretched)
+
+        def per_fold(q):
+            keep = (fold != q).astype(lam.dtype)
+            mean, _ = smooth_gaussian_sites(
+                kern, ticks, lam * keep[:, None, None], eta * keep[:, None], parallel=parallel
+            )
+            return mean
+
+        means = jax.vmap(per_fold)(jnp.arange(folds))  # (folds, M, R)
+        return means[pick, rows]
+
+    return jax.lax.map(per_factor, log_factors)
+
+
 def bucket(n: int, smallest: int = 64) -> int:
     """The padded size of ``n`` query points: the next power of two, at least ``smallest``
     (a new number of points then reuses a compiled prediction unless it crosses a bucket)."""
@@ -864,23 +910,31 @@ def _mode_posterior_at(kernel, ticks, lam, eta, new, parallel=False):
 
 
 
+def _mean_of_entries(mus, core_mean, cp):
+    r"""Posterior mean of entries, :math:`\bar w^\top(\otimes_k\mu^k_n)` (CP: the sum over
+    components of the products), from per-mode means at their coordinates ``(n, R_k)``."""
+    K = len(mus)
+    if cp:
+        return jnp.sum(jnp.prod(jnp.stack(mus), axis=0), axis=1)
+    w = core_mean.reshape(tuple(m.shape[1] for m in mus))
+    return jnp.einsum(
+        _AX[:K] + "," + ",".join(f"n{_AX[j]}" for j in range(K)) + "->n", w, *mus, precision=_HI
+    )
+
+
+_entry_mean_jit = jax.jit(_mean_of_entries, static_argnames=("cp",))
+
+
 @functools.partial(jax.jit, static_argnames=("cp",))
 def _predict_entries(mus, covs, core_mean, core_cov, e_tau, cp):
     """Predictive mean and variance of entries from per-mode moments at their coordinates."""
     K = len(mus)
     R = tuple(m.shape[1] for m in mus)
     m2s = [_second_moments(m, c) for m, c in zip(mus, covs, strict=True)]
+    mean = _mean_of_entries(mus, core_mean, cp)
     if cp:
-        mean = jnp.sum(jnp.prod(jnp.stack(mus), axis=0), axis=1)
         second = jnp.sum(jnp.prod(jnp.stack(m2s), axis=0), axis=(1, 2))
     else:
-        w = core_mean.reshape(R)
-        mean = jnp.einsum(
-            _AX[:K] + "," + ",".join(f"n{_AX[j]}" for j in range(K)) + "->n",
-            w,
-            *mus,
-            precision=_HI,
-        )
         eww = (core_cov + jnp.outer(core_mean, core_mean)).reshape(R + R)
         second = jnp.einsum(
             _AX[:K] + _AX2[:K] + "," + ",".join(f"n{_AX[j]}{_AX2[j]}" for j in range(K)) + "->n",

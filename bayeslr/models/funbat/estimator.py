@@ -21,6 +21,7 @@ from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
 from bayeslr.models.funbat.algo import (
     FunBaTProblem,
     KernelLearning,
+    _entry_mean_jit,
     _mode_posterior_at,
     _predict_entries,
     bucket,
@@ -30,6 +31,7 @@ from bayeslr.models.funbat.algo import (
     funbat_data,
     funbat_init,
     funbat_step,
+    held_out_means,
     kernel_leaf_names,
     kernel_leaves,
     padded,
@@ -40,7 +42,8 @@ from bayeslr.models.funbat.model import funbat_model
 __all__ = ["FunBaT", "FunBaTPosterior"]
 
 
-LENGTHSCALE_FACTORS = (2.0, 4.0, 8.0)  # tried on the validate_on column, in this order
+LENGTHSCALE_FOLDS = 5  # folds of the held-out-coordinate check of every lengthscale
+LENGTHSCALE_MAX_ENTRIES = 20_000  # entries scored per mode in that check (a random subset)
 _KERNELS = {"matern12": Matern12, "matern32": Matern32, "matern52": Matern52}
 
 
@@ -418,14 +421,22 @@ class FunBaT(Estimator):
             a month not in the data". The two can disagree: a high rank fits fine detail that
             helps the first and hurts the second (on ozone, R = 8 is best on random entries and
             R = 3 on held-out months). With irregular coordinates (every entry its own) the two
-            splits nearly coincide. With a column, the same held-out coordinates also choose
-            that column's lengthscale, when it is learned: the evidence fits the coordinates
-            that hold data and can settle on a lengthscale too short to carry the functions
-            across a missing one; the learned value times 2, 4, 8 is tried (held fixed), growing
-            while the validation RMSE improves by 1 %, and the one kept stays fixed in the fit
-            on all entries (``post.extra["lengthscale_scores"]``: factor -> validation RMSE;
-            on NCEP's held-out 6-hour stamps this takes the 5-seed test RMSE from 3.15 to 2.95,
-            where a GP regression gets 3.00).
+            splits nearly coincide.
+        lengthscale_factors: with ``rank="auto"``, after the rank is chosen, every mode whose
+            lengthscale is learned checks it on held-out coordinates: its interior coordinates
+            are split into 5 folds, each fold's data dropped in turn and predicted by the mode's
+            smoother from the rest, with the learned lengthscale times each factor, and the
+            first factor within 1 % of the best RMSE is taken
+            (``post.extra["lengthscale_scores"]``: column -> factor -> RMSE). The evidence only
+            sees the coordinates that hold data and can settle on a lengthscale too short to
+            carry the functions across a missing one (NCEP air temperature every 6 hours). The
+            fit then continues on the validation split with the longer lengthscales held fixed,
+            and keeps them for the fit on all entries only if the validation RMSE is not worse
+            by more than 1 % (a longer lengthscale can smooth away detail that the entries at
+            observed coordinates need: ozone's months): ``post.extra["lengthscale_check"]``
+            holds the factors, the validation RMSE before and after, and whether they were
+            kept. The first factor must be 1 (the learned value); ``(1.0,)`` turns the check
+            off.
         parallel: run the per-mode smoothers as associative scans (:math:`O(\log M_k)` depth;
             worth it on accelerators with many unique coordinates).
 
@@ -469,12 +480,14 @@ class FunBaT(Estimator):
         max_core: int = 1024,
         validate_on: str | None = None,
         noise_warmup: int = 3,
+        lengthscale_factors: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     ):
         self.rank = _check_rank(rank, cp)
         self.rank_candidates = _check_candidates(rank_candidates)
         self.validation = check_real("validation", validation, low=0, high=0.5, low_open=True,
                                      high_open=True)  # fmt: skip
         self.validate_on = _check_validate_on(validate_on, self.rank)
+        self.lengthscale_factors = _check_factors(lengthscale_factors)
         self.max_core = check_int("max_core", max_core, minimum=1)
         self.epochs = check_int("epochs", epochs, minimum=1)
         super().__init__(seed=seed, progress_bar=progress_bar)
@@ -714,63 +727,111 @@ class FunBaT(Estimator):
         ctx["rank"] = best
         problem = dataclasses.replace(prepared.problem, rank=self._mode_ranks(best, sizes))
         state = states[best]
-        if self._validates_lengthscale(ctx):
-            sub = dataclasses.replace(sel["problem"], rank=problem.rank)
-            state, learning = yield from self._lengthscale_stages(sub, state, scores[best], ctx)
-            problem = dataclasses.replace(problem, learning=learning)
+        sub = dataclasses.replace(sel["problem"], rank=problem.rank)
+        factors = self._choose_lengthscales(sub, state, ctx)
+        if any(f != 1.0 for f in factors):
+            # the longer lengthscales continue on the validation split, held fixed, and are
+            # kept only if the validation entries do not lose more than 1 % by them
+            held, learning = self._hold_lengthscales(sub, state, factors)
+            start = held._replace(mse=jnp.full_like(held.mse, jnp.inf))
+            res = yield self._stage(
+                "lengthscales " + ", ".join(f"{c} x{f:g}" for c, f in zip(
+                    ctx["columns"], factors, strict=True) if f != 1.0),
+                dataclasses.replace(sub, learning=learning),
+                lambda key, problem, restart=0: start, 1,
+            )  # fmt: skip
+            score = self._validation_rmse(res.state.ep, sel, ctx)
+            kept = score <= 1.01 * scores[best]
+            ctx["lengthscale_check"] = {
+                "factors": dict(zip(ctx["columns"], factors, strict=True)),
+                "validation_rmse": (scores[best], score), "kept": kept,
+            }  # fmt: skip
+            if kept:
+                state, problem = res.state, dataclasses.replace(problem, learning=learning)
         start = state._replace(mse=jnp.full_like(state.mse, jnp.inf))
         yield self._stage(
             f"rank {best}, all entries", problem, lambda key, problem, restart=0: start, 1,
         )  # fmt: skip
 
-    def _validates_lengthscale(self, ctx) -> bool:
-        """Whether ``validate_on`` also chooses that column's lengthscale: it does when the
-        column's kernel has one and it is learned."""
-        if self.validate_on is None or not self._learns("lengthscale"):
-            return False
-        k = ctx["columns"].index(self.validate_on)
-        return "lengthscale" in kernel_leaf_names(ctx["kernels"][k])
+    def _stretchable(self, kernel) -> np.ndarray:
+        """0/1 over the kernel's leaves: the learned lengthscales (what the held-out check
+        stretches); all zero when none is learned."""
+        names = kernel_leaf_names(kernel)
+        return np.asarray([n == "lengthscale" and self._learns(n) for n in names], float)
 
-    def _lengthscale_stages(self, problem, state, score, ctx):
-        r"""Stages that choose the lengthscale of the ``validate_on`` column on its held-out
-        coordinates; returns the chosen state and the kernel learning to continue with.
+    def _choose_lengthscales(self, problem, fit, ctx) -> tuple[float, ...]:
+        r"""Per mode, the factor on its learned lengthscale, chosen on held-out coordinates.
 
-        The evidence of the mode's sites learns a lengthscale for the coordinates that hold
-        data, and nothing in it asks how the functions behave between them: where the column
-        is densely sampled and carries short-range detail (NCEP air temperature every 6 hours)
-        it settles on a short lengthscale that follows the detail and reverts to the prior
-        mean a few steps away from any data. Here the learned :math:`\ell` is multiplied by
-        2, 4, 8 in turn, each factor held fixed (its gradient masked) while the fit continues
-        from the state of the chosen rank, growing while the validation RMSE at the held-out
-        coordinates improves by at least 1 %; the smallest factor within 1 % of the best is
-        kept (``post.extra["lengthscale_scores"]``: factor -> validation RMSE).
+        The Kalman evidence of a mode's sites learns a lengthscale for the coordinates that
+        hold data, and nothing in it asks how the functions behave between them: where a
+        column is densely sampled and carries short-range detail (NCEP air temperature every
+        6 hours) it settles on a lengthscale that follows the detail, and the functions fall
+        back towards the prior mean within a step or two of the data. So, on the state just
+        fitted, each mode's interior coordinates are split into ``LENGTHSCALE_FOLDS`` folds;
+        every fold's sites are dropped in turn and the mode's smoother predicts its functions
+        there from the rest (:func:`~bayeslr.models.funbat.algo.held_out_means`), with the
+        learned :math:`\ell` times each of ``lengthscale_factors``; the entries at those
+        coordinates (the fitted ones, at most ``LENGTHSCALE_MAX_ENTRIES``) are predicted with
+        the other modes and the core as fitted, and the first factor whose RMSE is within 1 %
+        of the best is taken (``post.extra["lengthscale_scores"]``: column -> factor -> RMSE
+        in data units). No refit: one smoother per fold and factor; :meth:`stages` then checks
+        the factors on the validation split.
         """
-        k = ctx["columns"].index(self.validate_on)
-        j = kernel_leaf_names(ctx["kernels"][k]).index("lengthscale")
-        learning = problem.learning
-        masks = list(learning.mask)
-        masks[k] = masks[k].at[j].set(0.0)
-        fixed = dataclasses.replace(learning, mask=tuple(masks))
-        scores, states, prev = {1.0: score}, {1.0: state}, 1.0
-        for factor in LENGTHSCALE_FACTORS:
-            theta, opt = list(state.log_theta), list(state.opt)
-            theta[k] = theta[k].at[j].add(math.log(factor))
-            opt[k] = optax.adam(1.0).init(theta[k])  # no momentum moves the held value
-            start = state._replace(log_theta=tuple(theta), opt=tuple(opt),
-                                   mse=jnp.full_like(state.mse, jnp.inf))  # fmt: skip
-            res = yield self._stage(
-                f"{self.validate_on} lengthscale x{factor:g}",
-                dataclasses.replace(problem, learning=fixed),
-                lambda key, problem, restart=0, start=start: start, 1,
+        K = len(ctx["columns"])
+        factors, scores = [1.0] * K, {}
+        if problem.learning is None or len(self.lengthscale_factors) < 2:
+            ctx["lengthscale_scores"] = scores
+            return tuple(factors)
+        ep = fit.ep
+        kernels = fitted_kernels(problem, fit)
+        idx = np.asarray(problem.idx)
+        w = np.ones(idx.shape[0]) if problem.weight is None else np.asarray(problem.weight)
+        y = np.asarray(problem.y)
+        seed = np.asarray(jax.random.key_data(as_key(self.seed))).ravel()
+        rng = np.random.default_rng(np.append(seed, 11).astype(np.uint64))
+        log_f = jnp.log(jnp.asarray(self.lengthscale_factors, y.dtype))
+        for k, col in enumerate(ctx["columns"]):
+            stretched = self._stretchable(kernels[k])
+            inner = np.arange(1, ctx["ticks"][k].size - 1)
+            if not stretched.any() or inner.size < 2 * LENGTHSCALE_FOLDS:
+                continue
+            fold = np.full(problem.ticks[k].shape[0], -1)
+            fold[inner] = rng.permutation(inner.size) % LENGTHSCALE_FOLDS
+            means = held_out_means(
+                kernels[k], log_f, jnp.asarray(stretched, y.dtype), problem.ticks[k],
+                ep.lam[k], ep.eta[k], jnp.asarray(fold), LENGTHSCALE_FOLDS, self.parallel,
             )  # fmt: skip
-            scores[factor] = self._validation_rmse(res.state.ep, ctx["selection"], ctx)
-            states[factor] = res.state
-            if scores[factor] > 0.99 * scores[prev]:
-                break  # the longer lengthscale gained less than 1 %
-            prev = factor
+            rows = np.flatnonzero((w > 0) & (fold[idx[:, k]] >= 0))
+            if rows.size > LENGTHSCALE_MAX_ENTRIES:
+                rows = np.sort(rng.choice(rows, LENGTHSCALE_MAX_ENTRIES, replace=False))
+            n = rows.size
+            sel = np.concatenate([rows, np.full(bucket(n) - n, rows[0])])  # one compile/bucket
+            mus = [ep.mu[j][idx[sel, j]] for j in range(K)]
+            scores[col] = {}
+            for i, f in enumerate(self.lengthscale_factors):
+                mus[k] = means[i][idx[sel, k]]
+                pred = np.asarray(_entry_mean_jit(mus, ep.core_mean, ctx["cp"]))[:n]
+                rmse = np.sqrt(np.mean((pred - y[rows]) ** 2)) * ctx["y_sd"]
+                scores[col][f] = float(rmse)
+            factors[k] = _first_within(scores[col])
         ctx["lengthscale_scores"] = scores
-        chosen = _first_within(scores)
-        return states[chosen], (learning if chosen == 1.0 else fixed)
+        return tuple(factors)
+
+    def _hold_lengthscales(self, problem, fit, factors):
+        """The fit state with each mode's learned lengthscales multiplied by its factor, and
+        the kernel learning with those held fixed (their gradient masked; the mode's Adam
+        state restarted, so no momentum moves them)."""
+        learning = problem.learning
+        theta, opt, masks = list(fit.log_theta), list(fit.opt), list(learning.mask)
+        for k, f in enumerate(factors):
+            if f == 1.0:
+                continue
+            on = jnp.asarray(self._stretchable(problem.kernels[k]), theta[k].dtype)
+            theta[k] = theta[k] + math.log(f) * on
+            masks[k] = masks[k] * (1.0 - on)
+            opt[k] = optax.adam(1.0).init(theta[k])
+        fixed = dataclasses.replace(learning, mask=tuple(masks))
+        return fit._replace(log_theta=tuple(theta), opt=tuple(opt)), fixed
 
     def _stage(self, name, problem, init, restarts) -> Stage:
         screen = min(self.screen_epochs, self.epochs)
@@ -825,6 +886,7 @@ class FunBaT(Estimator):
                 "epochs_run": res.num_steps, "rank": ctx["rank"], "mode_ranks": ranks,
                 "rank_scores": dict(ctx.get("rank_scores", {})),
                 "lengthscale_scores": dict(ctx.get("lengthscale_scores", {})),
+                "lengthscale_check": dict(ctx.get("lengthscale_check", {})),
                 "converged": res.stop_reason == "tolerance",
                 "tau": float(state.tau_a / state.tau_b),
                 "kernels": dict(zip(ctx["columns"], kernels, strict=True)),
@@ -936,6 +998,21 @@ def _check_learn_kernel(learn_kernel: Any) -> bool | tuple[str, ...]:
             f"('lengthscale',); got {learn_kernel!r}."
         )
     return learn_kernel if isinstance(learn_kernel, bool) else tuple(learn_kernel)
+
+
+def _check_factors(factors: Any) -> tuple[float, ...]:
+    """Positive finite factors, the first 1 (the learned lengthscale itself)."""
+    try:
+        out = tuple(float(f) for f in factors)
+    except (TypeError, ValueError):
+        raise TypeError(f"`lengthscale_factors` must be a sequence of positive numbers; got "
+                        f"{factors!r}.") from None  # fmt: skip
+    if not out or out[0] != 1.0 or not all(np.isfinite(f) and f > 0 for f in out):
+        raise ValueError(f"`lengthscale_factors` must be positive and finite and start with 1.0 "
+                         f"(the learned lengthscale); got {factors!r}.")  # fmt: skip
+    if len(set(out)) != len(out):
+        raise ValueError(f"`lengthscale_factors` must not repeat a factor; got {factors!r}.")
+    return out
 
 
 def _check_validate_on(validate_on: Any, rank: Any) -> str | None:
