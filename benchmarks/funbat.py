@@ -66,6 +66,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np
 import pandas as pd
 
+from bayeslr._memory import release_compiled_code
 from bayeslr.datasets import (
     funbat_synthetic,
     load_kinetic,
@@ -368,6 +369,9 @@ def part_accuracy(seeds, quick, unseen_only=False):
                 if split == "unseen" and held is not None:
                     pred, t = run_interp(tr, te, coords, held)
                     out["interp"] = _record(pred, te, t)
+                # every fit compiles its own programs; past ~65,000 memory mappings every
+                # later compile fails (the full run died in the scaling part without this)
+                release_compiled_code()
                 for m, rec in out.items():
                     recs.setdefault((name, split, m), []).append(rec)
                     extra = f" R={rec['rank']}" if "rank" in rec else ""
@@ -481,6 +485,7 @@ def scale_tensor(n, seed=0):
 def part_scale(ns, epochs):
     out = []
     for n in ns:
+        release_compiled_code()
         df = scale_tensor(n)
         coords = ["x1", "x2", "x3"]
         model = FunBaT(RANK, epochs=epochs, progress_bar=False, num_samples=1, restarts=1)

@@ -802,6 +802,8 @@ class FunBaT(Estimator):
                 ep.lam[k], ep.eta[k], jnp.asarray(fold), LENGTHSCALE_FOLDS, self.parallel,
             )  # fmt: skip
             rows = np.flatnonzero((w > 0) & (fold[idx[:, k]] >= 0))
+            if rows.size == 0:  # every entry at an interior coordinate is held for validation
+                continue
             if rows.size > LENGTHSCALE_MAX_ENTRIES:
                 rows = np.sort(rng.choice(rows, LENGTHSCALE_MAX_ENTRIES, replace=False))
             n = rows.size
