@@ -872,3 +872,50 @@ def test_held_out_means_are_the_dense_gp_means_without_the_held_out_sites(dtype,
 def test_lengthscale_factors_are_validated(bad, err, match):
     with pytest.raises(err, match=match):
         FunBaT(lengthscale_factors=bad)
+
+
+def test_kernel_leaves_round_trip_vector_valued_hyperparameters():
+    from bayeslr.gp import StudentTMixture
+    from bayeslr.models.funbat.algo import kernel_leaf_names, kernel_leaves, kernel_with
+
+    kern = Matern32(0.7, 0.2) + StudentTMixture(
+        weights=np.array([0.5, 0.25]), means=np.array([3.0, 6.0]),
+        inv_lengthscales=np.array([1.0, 2.0]), nu=1.5,
+    )  # fmt: skip
+    leaves = np.asarray(kernel_leaves(kern))
+    np.testing.assert_allclose(leaves, [0.7, 0.2, 0.5, 0.25, 3.0, 6.0, 1.0, 2.0])
+    assert kernel_leaf_names(kern) == ("variance", "lengthscale", "weights", "weights", "means",
+                                       "means", "inv_lengthscales", "inv_lengthscales")  # fmt: skip
+    back = kernel_with(kern, jnp.log(jnp.asarray(leaves)) + jnp.log(2.0))
+    np.testing.assert_allclose(np.asarray(back.components[1].means), [6.0, 12.0], rtol=1e-6)
+    x = jnp.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(np.asarray(kernel_with(kern, jnp.log(jnp.asarray(leaves)))(x, x)),
+                               np.asarray(kern(x, x)), rtol=1e-6)  # fmt: skip
+
+
+def test_a_seasonal_mode_extrapolates_its_period():
+    # y = sin(2 pi t / 12) * (1 + s), months 0..47 seen, 48..59 asked. A Matern kernel on the
+    # month mode falls back to its prior mean beyond the data (test RMSE 1.13 with this setup,
+    # the signal's RMS is 1.08); a quasi-periodic term (period fixed at 12 months, its weight
+    # and the Matern lengthscales learned) carries the season on (0.06).
+    from bayeslr.gp import StudentTMixture
+
+    t, s = np.meshgrid(np.arange(60.0), np.linspace(0.0, 1.0, 6), indexing="ij")
+    df = pd.DataFrame({"t": t.ravel(), "s": s.ravel()})
+    df["v"] = np.sin(2 * np.pi * df["t"] / 12) * (1 + df["s"]) + 0.05 * np.random.default_rng(
+        0).standard_normal(len(df))  # fmt: skip
+    train, test = df[df["t"] < 48], df[df["t"] >= 48]
+    span = 47.0  # the month mode's training range, mapped to [0, 1]
+    season = Matern32(1.0, 0.3) + StudentTMixture(
+        weights=np.array([1.0]), means=np.array([span / 12]), inv_lengthscales=np.array([0.2]),
+        nu=1.5,
+    )  # fmt: skip
+    post = FunBaT(rank=2, epochs=15, kernel=[season, Matern32(1.0, 0.3)],
+                  learn_kernel=("lengthscale", "weights"), **FAST).fit(train, ["t", "s"], "v")
+    pred = post.moments(test)["mean"].to_numpy()
+    rmse = float(np.sqrt(np.mean((pred - test["v"].to_numpy()) ** 2)))
+    assert rmse < 0.2, rmse
+    fitted = post.extra["kernels"]["t"]
+    assert type(fitted).__name__ == "SumKernel"
+    np.testing.assert_allclose(fitted.components[1].means, [span / 12])  # not learned
+    assert float(fitted.components[1].weights[0]) != pytest.approx(1.0)  # learned

@@ -449,16 +449,19 @@ def funbat_epoch(
 
 def kernel_leaves(kernel: Any) -> Array:
     r"""The kernel's hyperparameters (its pytree leaves: variances, lengthscales, ...) as one
-    vector, the parameters that :class:`KernelLearning` learns on the log scale."""
-    return jnp.stack([jnp.asarray(v).reshape(()) for v in jax.tree_util.tree_leaves(kernel)])
+    vector, the parameters that :class:`KernelLearning` learns on the log scale. A leaf with
+    several values (a mixture's ``weights``, ``means``, ...) contributes each of them."""
+    return jnp.concatenate([jnp.ravel(jnp.asarray(v)) for v in jax.tree_util.tree_leaves(kernel)])
 
 
 def kernel_leaf_names(kernel: Any) -> tuple[str, ...]:
     """The name of each hyperparameter of :func:`kernel_leaves` (``"variance"``,
-    ``"lengthscale"``, ...; a sum kernel repeats them per component)."""
+    ``"lengthscale"``, ...; a sum kernel repeats them per component, a leaf with several values
+    once per value)."""
     return tuple(
         getattr(path[-1], "name", str(path[-1]))
-        for path, _ in jax.tree_util.tree_flatten_with_path(kernel)[0]
+        for path, v in jax.tree_util.tree_flatten_with_path(kernel)[0]
+        for _ in range(int(np.size(v)))
     )
 
 
@@ -466,9 +469,12 @@ def kernel_with(kernel: Any, log_theta: Array) -> Any:
     """``kernel`` with its hyperparameters (:func:`kernel_leaves`) set to ``exp(log_theta)``."""
     leaves, treedef = jax.tree_util.tree_flatten(kernel)
     vals = jnp.exp(log_theta)
-    return jax.tree_util.tree_unflatten(
-        treedef, [vals[i].astype(jnp.asarray(v).dtype) for i, v in enumerate(leaves)]
-    )
+    out, start = [], 0
+    for v in leaves:
+        v = jnp.asarray(v)
+        out.append(vals[start:start + v.size].reshape(v.shape).astype(v.dtype))
+        start += v.size
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @functools.partial(

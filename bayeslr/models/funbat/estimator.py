@@ -542,13 +542,6 @@ class FunBaT(Estimator):
                     f"Matern32) or be one of {sorted(_KERNELS)}; got {type(k).__name__}."
                 )
             if self.learn_kernel:
-                names = kernel_leaf_names(k)
-                unknown = set(() if self.learn_kernel is True else self.learn_kernel) - set(names)
-                if unknown:
-                    raise ValueError(
-                        f"`learn_kernel` names {sorted(unknown)}, which `kernel`{where} does not "
-                        f"have; its hyperparameters are {sorted(set(names))}."
-                    )
                 leaves = np.asarray(kernel_leaves(k), np.float64)
                 if not np.all(leaves > 0):
                     raise ValueError(
@@ -556,6 +549,17 @@ class FunBaT(Estimator):
                         "(learn_kernel=True) needs all positive (they are learned on the log "
                         "scale). Pass learn_kernel=False to keep them fixed."
                     )
+        if self.learn_kernel and self.learn_kernel is not True:
+            # per-mode kernels may differ: a name must belong to at least one of them
+            names = {n for k in ks for n in kernel_leaf_names(k)}
+            unknown = set(self.learn_kernel) - names
+            if unknown:
+                which = ("`kernel` does not have" if len(set(map(id, ks))) == 1
+                         else "no mode's `kernel` has")  # fmt: skip
+                raise ValueError(
+                    f"`learn_kernel` names {sorted(unknown)}, which {which}; "
+                    f"its hyperparameters are {sorted(names)}."
+                )
         return ks
 
     def prepare(self, df: pd.DataFrame, coords: Sequence[str], value: str) -> Prepared:
@@ -739,6 +743,8 @@ class FunBaT(Estimator):
                     ctx["columns"], factors, strict=True) if f != 1.0),
                 dataclasses.replace(sub, learning=learning),
                 lambda key, problem, restart=0: start, 1,
+                # it starts from a settled state: a quarter of the budget re-settles it
+                epochs=min(self.epochs, max(self._min_epochs(), self.epochs // 4)),
             )  # fmt: skip
             score = self._validation_rmse(res.state.ep, sel, ctx)
             kept = score <= 1.01 * scores[best]
@@ -835,16 +841,20 @@ class FunBaT(Estimator):
         fixed = dataclasses.replace(learning, mask=tuple(masks))
         return fit._replace(log_theta=tuple(theta), opt=tuple(opt)), fixed
 
-    def _stage(self, name, problem, init, restarts) -> Stage:
-        screen = min(self.screen_epochs, self.epochs)
+    def _min_epochs(self) -> int:
+        """Epochs before the stopping rule may fire (warm-ups, then a full window)."""
+        return max(self.window + (self.kernel_start if self.learn_kernel else 0),
+                   self.noise_warmup + self.window)  # fmt: skip
+
+    def _stage(self, name, problem, init, restarts, epochs=None) -> Stage:
+        epochs = self.epochs if epochs is None else epochs
+        screen = min(self.screen_epochs, epochs)
         rs = None
         if restarts > 1:
             rs = loop.Restarts(restarts, "train_rmse", screen_steps=screen, vmap=False)
-        min_steps = max(self.window + (self.kernel_start if self.learn_kernel else 0),
-                        self.noise_warmup + self.window)  # fmt: skip
         return Stage(
-            name, init, funbat_step, problem, self.epochs,
-            stop=loop.Tolerance("rmse_change", self.tol, min_steps=min_steps)
+            name, init, funbat_step, problem, epochs,
+            stop=loop.Tolerance("rmse_change", self.tol, min_steps=self._min_epochs())
             if self.tol > 0 else None,
             restarts=rs, progress_fields=("train_rmse",), guard=("train_rmse",),
             hint="Raise the damping or check the kernel lengthscales.",
