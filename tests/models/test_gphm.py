@@ -319,6 +319,8 @@ def test_errors_name_the_argument():
         (dict(operator=lambda u, d, x: d[(2,)].sum()), "`pde.operator` must return L"),
         (dict(operator=lambda u, d, x: d[(1,)]), r"`pde.operator` read derivs\[\(1,\)\]"),
         (dict(source=lambda x: jnp.zeros(3)), "`pde.source` must return f on the grid"),
+        (dict(source=np.zeros(19)), r"`pde.source` \(an array\) must hold f at the grid"),
+        (dict(source=np.full(20, np.nan)), "`pde.source` has NaN"),
     ],
 )
 def test_bad_pde_functions_fail_before_fitting(change, match):
@@ -427,3 +429,26 @@ def test_kron_preconditioner_clusters_the_gauss_newton_spectrum(x64, operator, o
     assert ev.min() > 0
     assert np.linalg.cond(N) > min_cond
     assert ev.max() / ev.min() < max_cond
+
+
+def test_solution_outside_the_box_raises_unless_asked_to_extrapolate():
+    post = _low_frequency_fit()
+    with pytest.raises(ValueError, match=r"`x` has 2 of 3 points outside the PDE's box "
+                                         r"\[0, 6\.28319\]"):  # fmt: skip
+        post.solution(np.array([-0.5, 1.0, 7.0]))
+    post.solution(np.array([0.0, 2 * np.pi]))  # the box's own ends are inside
+    with pytest.warns(UserWarning, match="extrapolate=True"):
+        far = post.solution(np.array([-0.5, 7.0]), extrapolate=True)
+    assert np.all(np.isfinite(far))
+
+
+def test_source_given_as_grid_values_is_the_callable_source(x64):
+    import dataclasses
+
+    pde = _sine_pde(1.0)
+    solver = GPSolver(grid=30, num_components=4, freq_scale=2.0, num_steps=40, num_samples=0,
+                      **QUIET)  # fmt: skip
+    x = solver.settings(pde)["axes"][0]
+    tabulated = dataclasses.replace(pde, source=np.asarray(pde.source(x[:, None])))
+    np.testing.assert_allclose(solver.fit(tabulated).grid_values, solver.fit(pde).grid_values,
+                               rtol=1e-10, atol=1e-12)  # fmt: skip

@@ -3,6 +3,7 @@ and the math are in :mod:`bayeslr.models.gphm`)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -114,7 +115,8 @@ class GPHMPosterior(ModelPosterior):
                         "inv_lengthscales": np.exp(np.asarray(ll))[order]})  # fmt: skip
         return out
 
-    def solution(self, x: Any, derivative: Sequence[int] | None = None) -> np.ndarray:
+    def solution(self, x: Any, derivative: Sequence[int] | None = None, *,
+                 extrapolate: bool = False) -> np.ndarray:
         r"""The posterior mean of :math:`u` (or :math:`\partial^{\mathbf r} u`) at ``x``: the
         GP conditional mean given the fitted grid values.
 
@@ -122,6 +124,9 @@ class GPHMPosterior(ModelPosterior):
             x: ``(n, d)`` points in the box (``(n,)`` in 1-D).
             derivative: multi-index ``r`` (one order per axis, each at most 2) or ``None`` for
                 :math:`u`.
+            extrapolate: points outside the PDE's box raise a ``ValueError`` (the PDE says
+                nothing there: the GP's mean decays to zero within a few lengthscales of the
+                grid); ``True`` computes them anyway, with a warning.
 
         Returns:
             ``(n,)`` values. Cost :math:`O(n\,\prod_j M_j)` (the cross covariances are
@@ -135,6 +140,20 @@ class GPHMPosterior(ModelPosterior):
             pts = pts[:, None]
         if pts.ndim != 2 or pts.shape[1] != d or not np.all(np.isfinite(pts)):
             raise ValueError(f"`x` must be finite points of shape (n, {d}); got {np.shape(x)}.")
+        lo = np.asarray([a[0] for a in self.grid])
+        hi = np.asarray([a[-1] for a in self.grid])
+        tol = 1e-9 * (hi - lo)
+        outside = np.any((pts < lo - tol) | (pts > hi + tol), axis=1)
+        if np.any(outside):
+            box = " x ".join(f"[{a:g}, {b:g}]" for a, b in zip(lo, hi, strict=True))
+            first = pts[np.argmax(outside)].tolist()
+            msg = (f"`x` has {int(outside.sum())} of {len(pts)} points outside the PDE's box "
+                   f"{box} (the first: {first}).")  # fmt: skip
+            if not extrapolate:
+                raise ValueError(msg + " The solution is defined on the box; pass "
+                                 "extrapolate=True to evaluate the GP's mean there anyway.")
+            warnings.warn(msg + " Evaluated by extrapolate=True: the GP's mean outside the "
+                          "box is not a solution of the PDE.", UserWarning, stacklevel=2)
         r = (0,) * d if derivative is None else tuple(int(v) for v in np.atleast_1d(derivative))
         if len(r) != d or any(v < 0 or v > 2 for v in r):
             raise ValueError(
@@ -470,13 +489,16 @@ def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
 def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
     if pde.source is None:
         return jnp.zeros(shape, x.dtype)
-    f = jnp.asarray(pde.source(x), x.dtype)
+    if callable(pde.source):
+        f = jnp.asarray(pde.source(x), x.dtype)
+        what, bad = "`pde.source` must return f on the grid points", "returned"
+    else:
+        f = jnp.asarray(np.asarray(pde.source, np.float64), x.dtype)
+        what, bad = "`pde.source` (an array) must hold f at the grid points", "has"
     if f.shape != shape:
-        raise ValueError(
-            f"`pde.source` must return f on the grid points, shape {shape}; got {f.shape}."
-        )
+        raise ValueError(f"{what}, shape {shape}; got {f.shape}.")
     if not bool(jnp.all(jnp.isfinite(f))):
-        raise ValueError("`pde.source` returned NaN or infinite values on the grid.")
+        raise ValueError(f"`pde.source` {bad} NaN or infinite values on the grid.")
     return f
 
 

@@ -36,8 +36,10 @@ class PDE:
         boundary: the Dirichlet data: a callable ``g(x)`` taking boundary points ``(n, d)`` and
             returning ``(n,)``, or an array of the values at the grid's boundary nodes (in C
             order of the grid, each node once; see :meth:`GPSolver.boundary_points`).
-        source: :math:`f(x)`, a callable on points ``(..., d)`` returning ``(...)``; ``None``
-            for :math:`f = 0`. It is evaluated once on the grid, not at every step.
+        source: :math:`f(x)`, a callable on points ``(..., d)`` returning ``(...)``, or an
+            array of its values at the grid points (shape ``(M_1, ..., M_d)``, the grid's
+            C order; e.g. measured or tabulated data); ``None`` for :math:`f = 0`. A callable
+            is evaluated once on the grid, not at every step.
         name: a label for progress bars and tables.
         defaults: solver settings this PDE suggests where the :class:`GPSolver` leaves them
             unset (keys ``grid``, ``freq_scale``, ``boundary_weight``, ``extra_gp_fraction``);
@@ -53,7 +55,7 @@ class PDE:
     derivatives: tuple[MultiIndex, ...]
     domain: tuple[tuple[float, float], ...]
     boundary: Any
-    source: Callable | None = None
+    source: Callable | Any = None
     name: str = "pde"
     defaults: dict | None = dataclasses.field(default=None, compare=False, hash=False)
 
@@ -108,7 +110,13 @@ def _as_pde(pde: Any) -> PDE:
     if not callable(pde.operator):
         raise TypeError(f"`pde.operator` must be callable; got {type(pde.operator).__name__}.")
     if pde.source is not None and not callable(pde.source):
-        raise TypeError(f"`pde.source` must be callable or None; got {type(pde.source).__name__}.")
+        try:
+            np.asarray(pde.source, np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                "`pde.source` must be callable, an array of f at the grid points, or None; got "
+                f"{type(pde.source).__name__}."
+            ) from None
     return pde
 
 
