@@ -24,8 +24,21 @@ from tests.conftest import compile_records
 
 
 @functools.cache
+def clicks():
+    # the movies rated at least 20 times (1,301 items after the split instead of 5,221): the
+    # fits, EASE and scoring cost scale with the items, and the rarely rated tail only slows
+    # them down (measured NDCG@100 margins over popularity: VAE +0.13, DAE +0.10, EASE +0.17)
+    return binarize(_popular_movies(load_movielens_small()))
+
+
+def _popular_movies(ratings, min_ratings=20):
+    counts = ratings["movieId"].value_counts()
+    return ratings[ratings["movieId"].isin(counts.index[counts >= min_ratings])]
+
+
+@functools.cache
 def split():
-    return strong_generalization_split(binarize(load_movielens_small()), 100, 100, seed=1)
+    return strong_generalization_split(clicks(), 100, 100, seed=1)
 
 
 @functools.cache
@@ -61,7 +74,7 @@ def test_annealing_schedule():
 
 def test_split_and_fold_in_exclusion():
     s = split()
-    data = binarize(load_movielens_small())
+    data = clicks()
     assert not set(s.val_users) & set(s.test_users)
     assert s.val_in.shape == s.val_out.shape and s.train.shape[1] == s.val_in.shape[1]
     # fold-in and targets are disjoint and both non-empty per user
@@ -92,7 +105,7 @@ def test_training_on_movielens_beats_popularity():
     s = split()
     pop = ndcg_at_k(popularity_scores(s.train, s.test_in.shape[0]), s.test_out, 100,
                     exclude=s.test_in)  # fmt: skip
-    for kind, epochs in (("vae", 20), ("dae", 40)):
+    for kind, epochs in (("vae", 20), ("dae", 20)):  # DAE: 40 epochs on all 5,221 items
         post = fitted(kind, epochs)
         ndcg = ndcg_at_k(post.scores(s.test_in), s.test_out, 100, exclude=s.test_in)
         assert ndcg > pop + 0.05, (kind, ndcg, pop)
@@ -108,9 +121,9 @@ def test_to_arviz_and_loo():
 
     post = fitted()
     n_train = split().train.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # posterior predictive too large: left out
-        tree = post.to_arviz()
+    # the posterior predictive is left out (on all 5,221 items it was too large: left out with
+    # a warning; on the 1,301 items of split() it fits, and its 18M draws would take seconds)
+    tree = post.to_arviz(posterior_predictive=False)
     assert tree.posterior["z"].dims == ("chain", "draw", "user", "latent")
     assert tree.posterior["z"].shape == (1, 30, n_train, 200)  # the training users
     assert tree.log_likelihood["x"].shape == (1, 30, n_train)
@@ -156,7 +169,10 @@ def test_two_device_sharded_training_equals_one_device():
         assert len(jax.devices()) == 2
         from bayeslr.datasets import binarize, load_movielens_small, strong_generalization_split
         from bayeslr.models.multvae import MultVAE
-        s = strong_generalization_split(binarize(load_movielens_small()), 100, 100, seed=1)
+        r = load_movielens_small()
+        n = r["movieId"].value_counts()
+        r = r[r["movieId"].isin(n.index[n >= 20])]  # as split() in this file
+        s = strong_generalization_split(binarize(r), 100, 100, seed=1)
         kw = dict(epochs=2, batch_size=100, progress_bar=False)
         one = MultVAE(**kw).fit(s.train)
         two = MultVAE(devices=2, **kw).fit(s.train)
