@@ -13,7 +13,7 @@ import xarray as xr
 from bayeslr.datasets import pde_problem
 from bayeslr.gp import SpectralMixture, StudentTMixture
 from bayeslr.models import PDE, GPSolver
-from bayeslr.models.gphm import boundary_mask, gphm_loss, gphm_operators
+from bayeslr.models.gphm import boundary_mask, gauss_newton_step, gphm_loss, gphm_operators
 from bayeslr.models.gphm.algo import _gram, _kernels
 
 QUIET = dict(progress_bar=False)
@@ -452,3 +452,54 @@ def test_source_given_as_grid_values_is_the_callable_source(x64):
     tabulated = dataclasses.replace(pde, source=np.asarray(pde.source(x[:, None])))
     np.testing.assert_allclose(solver.fit(tabulated).grid_values, solver.fit(pde).grid_values,
                                rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+def test_multiplier_term_is_the_lagrangian_of_the_boundary_constraint(x64, rng):
+    # gphm_loss(multiplier=λ, penalty=μ): the boundary term is λᵀ(U_b - g) + μ/2 |U_b - g|²
+    # in place of the paper's, and the Gauss–Newton step at (λ, μ) is the paper's step with
+    # boundary precision λ_b τ1 = μ towards the shifted target g - λ/μ
+    axes = (jnp.linspace(0.0, 1.0, 9), jnp.linspace(0.0, 2.0, 7))
+    orders = ((2, 0), (0, 2))
+    op = lambda u, d, x: d[(2, 0)] + d[(0, 2)] - u**3  # noqa: E731
+    params = _random_params(rng, (9, 7), 3, jnp.float64)
+    f = jnp.asarray(rng.standard_normal((9, 7)))
+    nb = int(boundary_mask((9, 7)).sum())
+    g = jnp.asarray(rng.standard_normal(nb))
+    lam = jnp.asarray(rng.standard_normal(nb))
+    mu, lam_b = 37.0, 50.0
+    kw = dict(family="stm", jitter=1e-6)
+    plain, parts = gphm_loss(params, axes, op, orders, f, g, boundary_weight=lam_b, **kw)
+    with_lam, _ = gphm_loss(params, axes, op, orders, f, g, boundary_weight=lam_b,
+                            multiplier=lam, penalty=mu, **kw)  # fmt: skip
+    t1, b = params["log_tau1"], parts["boundary_residual"]
+    paper_term = lam_b * (0.5 * jnp.exp(t1) * jnp.sum(b**2) - 0.5 * nb * t1)
+    np.testing.assert_allclose(with_lam, plain - paper_term + lam @ b + 0.5 * mu * jnp.sum(b**2),
+                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        gauss_newton_step(params, axes, op, orders, f, g, boundary_weight=lam_b,
+                          multiplier=lam, penalty=mu, **kw),
+        gauss_newton_step(params, axes, op, orders, f, g - lam / mu,
+                          boundary_weight=mu / jnp.exp(t1), **kw), rtol=1e-10)  # fmt: skip
+
+
+def test_multiplier_imposes_the_boundary_whatever_the_weight(x64):
+    # u'' = f on [0, 1], u = x + sin(2πx) + 0.2: boundary values 0.2 and 1.2. With a small
+    # boundary weight the paper's penalty leaves the boundary off (relative L2 0.87); the
+    # multipliers impose it, and the answer no longer depends on the weight.
+    k = 2 * np.pi
+    pde = PDE(operator=lambda u, d, x: d[(2,)], derivatives=((2,),), domain=((0.0, 1.0),),
+              boundary=lambda x: x[:, 0] + jnp.sin(k * x[:, 0]) + 0.2,
+              source=lambda x: -(k**2) * jnp.sin(k * x[..., 0]))  # fmt: skip
+    kw = dict(grid=30, num_components=4, freq_scale=2.0, num_steps=300, **QUIET)
+    exact = lambda x: x + np.sin(k * x) + 0.2  # noqa: E731
+    small = GPSolver(boundary_weight=1.0, **kw).fit(pde)
+    large = GPSolver(boundary_weight=1e4, **kw).fit(pde)
+    with pytest.warns(UserWarning, match="boundary RMS .* use boundary='multiplier'"):
+        pen = GPSolver(boundary="penalty", boundary_weight=1.0, **kw).fit(pde)
+    assert max(small.extra["boundary_rms"], large.extra["boundary_rms"]) < 1e-5
+    assert pen.extra["boundary_rms"] > 0.1
+    errs = [_rel_l2(p, exact, 0.0, 1.0) for p in (small, large, pen)]
+    assert max(errs[:2]) < 1e-2 < 0.5 < errs[2]
+    assert 0.5 < errs[0] / errs[1] < 2.0
+    with pytest.raises(ValueError, match="`boundary` must be one of"):
+        GPSolver(boundary="exact")

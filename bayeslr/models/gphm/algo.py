@@ -188,6 +188,8 @@ def gphm_loss(
     jitter: float = 1e-6,
     base: dict | None = None,
     uniform: Sequence[bool] | None = None,
+    multiplier: jax.Array | None = None,
+    penalty: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     r"""The GP-HM loss :math:`\mathcal L` (module docstring) in the whitened parameterization.
 
@@ -206,10 +208,16 @@ def gphm_loss(
         base: fixed fields ``{idx: array}`` (``(0,)*d`` for :math:`u`) added to this GP's (the
             frozen first GP of the extra-GP stage); ``None`` for none.
         uniform: per axis, whether the grid is equally spaced (:func:`gphm_operators`).
+        multiplier: ``None`` for the paper's penalty (above); else the Lagrange multipliers
+            :math:`\lambda` of the boundary constraint :math:`U_b = g`, one per boundary node,
+            and the boundary term is the augmented Lagrangian :math:`\lambda^\top(U_b - g) +
+            \tfrac{\mu}{2}\|U_b - g\|^2` (``log_tau1`` is not used), see :func:`gphm_step`.
+        penalty: :math:`\mu`, with ``multiplier``.
 
     Returns:
-        ``(loss, parts)``; ``parts`` has ``prior`` (quadratic + log-det), ``boundary_sse`` and
-        ``residual_sse``. Cost :math:`O(\sum_j M_j^3 + M\sum_j M_j)`.
+        ``(loss, parts)``; ``parts`` has ``prior`` (quadratic + log-det), ``boundary_sse``,
+        ``residual_sse`` and ``boundary_residual`` (:math:`U_b - g`). Cost
+        :math:`O(\sum_j M_j^3 + M\sum_j M_j)`.
     """
     V = params["V"]
     M = V.size
@@ -220,13 +228,15 @@ def gphm_loss(
     sse_b = jnp.sum(bres**2)
     sse_r = jnp.sum(H**2)
     prior = 0.5 * jnp.sum(V**2) + half_logdet
-    loss = (
-        prior
-        + boundary_weight * (0.5 * jnp.exp(lt1) * sse_b - 0.5 * bres.shape[0] * lt1)
-        + 0.5 * jnp.exp(lt2) * sse_r
-        - 0.5 * M * lt2
-    )
-    return loss, {"prior": prior, "boundary_sse": sse_b, "residual_sse": sse_r}
+    if multiplier is None:
+        bterm = boundary_weight * (0.5 * jnp.exp(lt1) * sse_b - 0.5 * bres.shape[0] * lt1)
+    else:
+        bterm = jnp.dot(multiplier, bres) + 0.5 * penalty * sse_b
+    loss = prior + bterm + 0.5 * jnp.exp(lt2) * sse_r - 0.5 * M * lt2
+    return loss, {"prior": prior, "boundary_sse": sse_b, "residual_sse": sse_r,
+                  "boundary_residual": bres}  # fmt: skip
+
+
 
 
 def gauss_newton_step(
@@ -244,6 +254,8 @@ def gauss_newton_step(
     dense_limit: int = 2048,
     cg_steps: int = 100,
     uniform: Sequence[bool] | None = None,
+    multiplier: jax.Array | None = None,
+    penalty: jax.Array | None = None,
 ) -> jax.Array:
     r"""One Gauss–Newton step on :math:`V` at fixed kernel parameters and precisions.
 
@@ -264,13 +276,18 @@ def gauss_newton_step(
     ``CG_PROBE`` (5) iterations with and without it and continues the one with the smaller
     residual (:func:`_cg_probe`).
 
+    With ``multiplier`` :math:`\lambda` and ``penalty`` :math:`\mu` (the augmented
+    Lagrangian of :func:`gphm_loss`) the boundary rows are :math:`\sqrt{\mu}\,(U_b - g +
+    \lambda/\mu)`, the same function of :math:`V` up to a constant.
+
     Returns:
         the new :math:`V`, shape ``(M_1, ..., M_d)`` (no gradient flows through it).
     """
     params = jax.lax.stop_gradient(params)
     V, E, w2, r = _gn_parts(params, axes, operator, orders, source, boundary_values,
                             family=family, boundary_weight=boundary_weight, jitter=jitter,
-                            base=base, uniform=uniform)  # fmt: skip
+                            base=base, uniform=uniform, multiplier=multiplier,
+                            penalty=penalty)  # fmt: skip
     shape = V.shape
     v = V.ravel()
     r0, vjp = jax.vjp(r, v)
@@ -289,14 +306,19 @@ def gauss_newton_step(
 
 
 def _gn_parts(params, axes, operator, orders, source, boundary_values, *, family,
-              boundary_weight, jitter, base, uniform):
+              boundary_weight, jitter, base, uniform, multiplier=None, penalty=None):
     r"""The whitened values :math:`V`, the operators, :math:`\sqrt{\tau_2}` and the stacked
-    weighted residual :math:`r(v) = (\sqrt{\tau_2}\,H,\ \sqrt{\lambda_b\tau_1}(U_b - g))`."""
+    weighted residual :math:`r(v) = (\sqrt{\tau_2}\,H,\ \sqrt{\mu}(U_b - g'))`: the paper's
+    :math:`\mu = \lambda_b\tau_1` and :math:`g' = g`, or with ``multiplier`` :math:`\lambda`
+    the given ``penalty`` :math:`\mu` and :math:`g' = g - \lambda/\mu`."""
     V = params["V"]
     shape = V.shape
     E, _ = gphm_operators(_kernels(params, family), axes, orders, jitter, uniform)
     w2 = jnp.exp(0.5 * params["log_tau2"])
-    w1 = jnp.sqrt(boundary_weight * jnp.exp(params["log_tau1"]))
+    mu = boundary_weight * jnp.exp(params["log_tau1"]) if multiplier is None else penalty
+    w1 = jnp.sqrt(mu)
+    if multiplier is not None:
+        boundary_values = boundary_values - multiplier / mu
 
     def r(v):
         H, b = _misfits(v.reshape(shape), E, axes, operator, orders, source, boundary_values,
@@ -489,7 +511,7 @@ def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["axes", "source", "boundary_values", "boundary_weight", "jitter",
-                 "learning_rate", "decay_steps", "start", "base"],
+                 "learning_rate", "decay_steps", "start", "base", "multiplier", "penalty"],
     meta_fields=["operator", "orders", "family", "uniform", "optimizer", "dense_limit",
                  "cg_steps", "schedule"],
 )  # fmt: skip
@@ -506,6 +528,9 @@ class GPHMProblem:
         learning_rate, decay_steps: Adam's rate and, for ``optimizer="gauss-newton"``, the
             length of its cosine decay to 1 % (ignored when ``schedule`` is given).
         start: the initial parameters (:func:`init_params`).
+        multiplier, penalty: the initial Lagrange multipliers of the boundary constraint (one
+            per boundary node) and penalty :math:`\mu` (:func:`gphm_step`), or ``None`` for the
+            paper's penalty.
         base: fixed fields added to this GP's (the frozen mixture GP of the extra-GP stage),
             or ``None``.
         operator, orders: the PDE operator and the derivative multi-indices it reads.
@@ -532,13 +557,16 @@ class GPHMProblem:
     dense_limit: int
     cg_steps: int
     schedule: Callable | None = None
+    multiplier: jax.Array | None = None
+    penalty: jax.Array | None = None
 
     def loss(self, params: dict) -> tuple[jax.Array, dict]:
         """:func:`gphm_loss` of ``params`` on this problem."""
         return gphm_loss(params, self.axes, self.operator, self.orders, self.source,
                          self.boundary_values, family=self.family,
                          boundary_weight=self.boundary_weight, jitter=self.jitter,
-                         base=self.base, uniform=self.uniform)  # fmt: skip
+                         base=self.base, uniform=self.uniform, multiplier=self.multiplier,
+                         penalty=self.penalty)  # fmt: skip
 
     def newton(self, params: dict) -> jax.Array:
         """:func:`gauss_newton_step` of ``params`` on this problem (the new ``V``)."""
@@ -546,16 +574,23 @@ class GPHMProblem:
                                  self.boundary_values, family=self.family,
                                  boundary_weight=self.boundary_weight, jitter=self.jitter,
                                  base=self.base, dense_limit=self.dense_limit,
-                                 cg_steps=self.cg_steps, uniform=self.uniform)  # fmt: skip
+                                 cg_steps=self.cg_steps, uniform=self.uniform,
+                                 multiplier=self.multiplier, penalty=self.penalty)  # fmt: skip
 
 
 class GPHMState(NamedTuple):
-    """The fit's state: ``params`` (:func:`init_params`), Adam's moments of the parameters it
-    moves (all but ``V`` under Gauss–Newton) and the step count ``t``."""
+    r"""The fit's state: ``params`` (:func:`init_params`), Adam's moments of the parameters it
+    moves (all but ``V`` under Gauss–Newton), the step count ``t``, and for the method of
+    multipliers (:func:`gphm_step`; ``None`` under the penalty) the boundary constraint's
+    Lagrange multipliers, the penalty :math:`\mu` and the norm of the boundary misfit at the
+    last multiplier update."""
 
     params: dict
     opt_state: Any
     t: jax.Array
+    multiplier: jax.Array | None = None
+    penalty: jax.Array | None = None
+    reference: jax.Array | None = None
 
 
 def init_params(shape, num_components: int, freq_scale, dtype) -> dict:
@@ -579,9 +614,11 @@ def extra_params(shape, tau_source: dict, dtype) -> dict:
 
 
 def _theta(problem: GPHMProblem, params: dict) -> dict:
-    if problem.optimizer == "gauss-newton":
-        return {k: v for k, v in params.items() if k not in _PROFILED}
-    return params
+    r"""The parameters Adam moves: all but ``V`` under Gauss–Newton, and not :math:`\tau_1`
+    under the method of multipliers (:func:`gphm_step`)."""
+    fixed = (_PROFILED if problem.optimizer == "gauss-newton" else ()) + \
+        (("log_tau1",) if problem.multiplier is not None else ())  # fmt: skip
+    return {k: v for k, v in params.items() if k not in fixed}
 
 
 def _rate(problem: GPHMProblem, t: jax.Array) -> jax.Array:
@@ -600,27 +637,69 @@ def gphm_init(key: jax.Array, problem: GPHMProblem, restart=0) -> GPHMState:
     """The state at ``problem.start`` (deterministic: ``key`` and ``restart`` are unused)."""
     del key, restart
     params = problem.start
+    lam = problem.multiplier
+    ref = None if lam is None else jnp.full((), jnp.inf, lam.dtype)
     return GPHMState(params, optax.scale_by_adam().init(_theta(problem, params)),
-                     jnp.zeros((), jnp.int32))  # fmt: skip
+                     jnp.zeros((), jnp.int32), lam, problem.penalty, ref)  # fmt: skip
+
+
+# Steps between multiplier updates (Gauss–Newton; Adam moves V slowly, so 4 times more); the
+# misfit must shrink by MULTIPLIER_ETA between updates, else the penalty grows by
+# MULTIPLIER_GROWTH, up to MULTIPLIER_MAX times lambda_b tau_2.
+MULTIPLIER_EVERY = 25
+MULTIPLIER_ETA = 0.25
+MULTIPLIER_GROWTH = 10.0
+MULTIPLIER_MAX = 1e6
 
 
 def gphm_step(key: jax.Array, state: GPHMState, problem: GPHMProblem):
     r"""One step: with ``optimizer="gauss-newton"`` a Gauss–Newton step on :math:`V`
     (:func:`gauss_newton_step`) then an Adam step on the kernel parameters and precisions;
-    with ``"adam"`` an Adam step on everything. ``info``: ``loss`` (before the Adam step) and
-    ``res_rms``, the RMS of the PDE residual on the grid."""
+    with ``"adam"`` an Adam step on everything.
+
+    With multipliers (``problem.multiplier`` not ``None``) the boundary data are a constraint
+    :math:`U_b = g` imposed by the method of multipliers: the steps minimize the augmented
+    Lagrangian of :func:`gphm_loss`, :math:`\lambda^\top(U_b - g) + \tfrac{\mu}{2}\|U_b -
+    g\|^2` in place of the paper's boundary term, at the current multipliers :math:`\lambda`
+    and penalty :math:`\mu` (both fixed between updates), and every ``MULTIPLIER_EVERY`` steps
+    (the inner minimization) the usual safeguarded update runs: if the misfit's norm fell below
+    ``MULTIPLIER_ETA`` times its value at the last update, the multipliers take it,
+    :math:`\lambda \leftarrow \lambda + \mu\,(U_b - g)`, and the penalty follows the
+    residual's precision, :math:`\mu \leftarrow \max(\mu, \lambda_b\tau_2)`; if not, the
+    penalty grows tenfold (at most ``MULTIPLIER_MAX`` :math:`\lambda_b\tau_2`). A fixed point
+    has :math:`U_b = g` exactly whatever :math:`\lambda_b`, which sets only the penalty's
+    scale; there the kernel parameters' gradient is the constrained problem's (the
+    Lagrangian's). :math:`\tau_1` is not learned (an exact constraint has no noise precision:
+    it would grow without bound as the misfit vanishes).
+
+    ``info``: ``loss`` (before the Adam step), ``res_rms`` (RMS of the PDE residual on the
+    grid) and ``bnd_rms`` (RMS of :math:`U_b - g`), both after the Gauss–Newton step."""
     del key
-    p = state.params
+    p, lam, mu, ref = state.params, state.multiplier, state.penalty, state.reference
+    prob = problem if lam is None else dataclasses.replace(problem, multiplier=lam, penalty=mu)
     if problem.optimizer == "gauss-newton":
-        p = {**p, "V": problem.newton(p)}
+        p = {**p, "V": prob.newton(p)}
     theta = _theta(problem, p)
-    (val, parts), grads = jax.value_and_grad(lambda t: problem.loss({**p, **t}),
+    (val, parts), grads = jax.value_and_grad(lambda t: prob.loss({**p, **t}),
                                              has_aux=True)(theta)  # fmt: skip
     updates, opt_state = optax.scale_by_adam().update(grads, state.opt_state, theta)
     rate = _rate(problem, state.t)
+    misfit = parts["boundary_residual"]
+    if lam is not None:
+        every = MULTIPLIER_EVERY * (1 if problem.optimizer == "gauss-newton" else 4)
+        norm = jnp.linalg.norm(misfit)
+        floor = 1e-10 * (1.0 + jnp.linalg.norm(problem.boundary_values))
+        due = (state.t + 1) % every == 0
+        ok = due & ((norm <= MULTIPLIER_ETA * ref) | (norm <= floor))
+        scale = problem.boundary_weight * jnp.exp(p["log_tau2"])
+        lam = jnp.where(ok, lam + mu * misfit, lam)
+        ref = jnp.where(ok, norm, ref)
+        mu = jnp.where(ok, jnp.maximum(mu, scale), mu)
+        mu = jnp.where(due & ~ok, jnp.minimum(mu * MULTIPLIER_GROWTH, MULTIPLIER_MAX * scale), mu)
     theta = jax.tree.map(lambda a, u: a - rate * u, theta, updates)
-    info = {"loss": val, "res_rms": jnp.sqrt(parts["residual_sse"] / p["V"].size)}
-    return GPHMState({**p, **theta}, opt_state, state.t + 1), info
+    info = {"loss": val, "res_rms": jnp.sqrt(parts["residual_sse"] / p["V"].size),
+            "bnd_rms": jnp.sqrt(jnp.mean(misfit**2))}  # fmt: skip
+    return GPHMState({**p, **theta}, opt_state, state.t + 1, lam, mu, ref), info
 
 
 def gphm_lbfgs_init(key: jax.Array, problem: GPHMProblem, restart=0):
@@ -630,8 +709,8 @@ def gphm_lbfgs_init(key: jax.Array, problem: GPHMProblem, restart=0):
 
 
 def gphm_lbfgs_step(key: jax.Array, state, problem: GPHMProblem):
-    """One L-BFGS step (optax, zoom line search) on all parameters; ``info`` as
-    :func:`gphm_step`."""
+    """One L-BFGS step (optax, zoom line search) on all parameters, the multipliers and penalty
+    held at the problem's; ``info`` as :func:`gphm_step`."""
     del key
     params, opt_state = state
     opt = optax.lbfgs()
@@ -643,7 +722,8 @@ def gphm_lbfgs_step(key: jax.Array, state, problem: GPHMProblem):
     updates, opt_state = opt.update(grad, opt_state, params, value=val, grad=grad,
                                     value_fn=value)  # fmt: skip
     _, parts = problem.loss(params)
-    info = {"loss": val, "res_rms": jnp.sqrt(parts["residual_sse"] / params["V"].size)}
+    info = {"loss": val, "res_rms": jnp.sqrt(parts["residual_sse"] / params["V"].size),
+            "bnd_rms": jnp.sqrt(jnp.mean(parts["boundary_residual"] ** 2))}  # fmt: skip
     return (optax.apply_updates(params, updates), opt_state), info
 
 
@@ -663,7 +743,8 @@ def laplace_draws(key: jax.Array, num: int, params: dict, problem: GPHMProblem) 
     V, E, w2, r = _gn_parts(params, problem.axes, problem.operator, problem.orders,
                             problem.source, problem.boundary_values, family=problem.family,
                             boundary_weight=problem.boundary_weight, jitter=problem.jitter,
-                            base=problem.base, uniform=problem.uniform)  # fmt: skip
+                            base=problem.base, uniform=problem.uniform,
+                            multiplier=problem.multiplier, penalty=problem.penalty)  # fmt: skip
     v = V.ravel()
     r0, vjp = jax.vjp(r, v)
     solve = _gn_solver(V, E, w2, r, problem.axes, problem.operator, problem.orders,

@@ -44,6 +44,7 @@ __all__ = ["GPHMPosterior", "GPSolver"]
 
 KERNELS = ("stm", "gm")
 OPTIMIZERS = ("gauss-newton", "adam")
+BOUNDARY = ("multiplier", "penalty")
 _HINT = "Lower `learning_rate` or raise `jitter`."
 
 
@@ -214,13 +215,17 @@ class GPSolver(Estimator):
             Q)` in cycles per unit (one float or one per axis); must exceed the solution's
             frequencies (:math:`k/2\pi` for :math:`\sin kx`). Default: the PDE's, else 20.
         boundary_weight: :math:`\lambda_b` (paper: 200, advection 500); default the PDE's,
-            else 200. With the learned precisions the boundary's share of the loss is about
-            :math:`\lambda_b N_b / M` (:math:`2d\lambda_b/N` on an :math:`N^d` grid), which
-            shrinks as the grid is refined; for a nonlinear operator on a fine grid a small
-            share lets the fit settle on a solution of the interior equation that misses the
-            boundary data (Allen–Cahn 2-D: :math:`\lambda_b = 200` fails on 200² and 400²,
-            :math:`2d\lambda_b/N = 40` works, ``docs/gphm.md``). Check
-            ``extra["boundary_rms"]`` after a fit.
+            else 200. With ``boundary="multiplier"`` (default) it only sets the scale of the
+            penalty :math:`\mu = \lambda_b\tau_2` where the method of multipliers starts
+            (the boundary is imposed exactly whatever its value: a 1-D test gives the same
+            error at 1 and 1e4); with ``"penalty"`` it is the paper's weight, and the answer
+            depends on it: with the learned precisions the boundary's share of the loss is
+            about :math:`\lambda_b N_b / M`, which shrinks as the grid is refined (Allen–Cahn
+            2-D with :math:`\lambda_b = 200` fails on 200² and 400², ``docs/gphm.md``).
+        boundary: ``"multiplier"`` (default): the boundary data are a constraint imposed by
+            the method of multipliers (augmented Lagrangian, safeguarded penalty growth,
+            :func:`~bayeslr.models.gphm.algo.gphm_step`); ``"penalty"``: the paper's
+            weighted likelihood with a learned precision :math:`\tau_1`.
         num_steps: optimizer steps (the paper runs :math:`10^5`–:math:`10^6` Adam steps).
         optimizer: ``"gauss-newton"`` (default): every step first minimizes over the whitened
             values :math:`V` by one Gauss–Newton step
@@ -268,6 +273,7 @@ class GPSolver(Estimator):
         num_components: int = 30,
         freq_scale: float | Sequence[float] | None = None,
         boundary_weight: float | None = None,
+        boundary: str = "multiplier",
         num_steps: int = 10_000,
         learning_rate: float | Callable[[Any], Any] | None = None,
         optimizer: str = "gauss-newton",
@@ -290,6 +296,9 @@ class GPSolver(Estimator):
         self.freq_scale = freq_scale
         self.boundary_weight = None if boundary_weight is None else \
             _positive("boundary_weight", boundary_weight)  # fmt: skip
+        if boundary not in BOUNDARY:
+            raise ValueError(f"`boundary` must be one of {BOUNDARY}; got {boundary!r}.")
+        self.boundary = boundary
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; got {optimizer!r}.")
         self.optimizer = optimizer
@@ -344,7 +353,8 @@ class GPSolver(Estimator):
             _positive("pde.defaults['boundary_weight']", defaults.get("boundary_weight", 200.0))
         return {"pde": pde, "orders": orders, "axes": axes,
                 "freq_scale": float(fs[0]) if fs.size == 1 else tuple(float(v) for v in fs),
-                "boundary_weight": float(lam), "extra_gp_fraction": extra}  # fmt: skip
+                "boundary_weight": float(lam), "boundary": self.boundary,
+                "extra_gp_fraction": extra}  # fmt: skip
 
     def boundary_points(self, pde: Any) -> np.ndarray:
         """The boundary nodes of ``pde``'s grid, ``(N_b, d)`` in C order (each node once): the
@@ -381,6 +391,9 @@ class GPSolver(Estimator):
             operator=pde.operator, orders=orders, family=self.kernel, uniform=uniform,
             optimizer=self.optimizer, dense_limit=self.dense_limit, cg_steps=self.cg_steps,
             schedule=lr if callable(lr) else None,
+            **({} if self.boundary == "penalty" else dict(
+                multiplier=jnp.zeros(gvals.shape, dtype),
+                penalty=jnp.asarray(s["boundary_weight"], dtype))),
         )  # fmt: skip
         settings = {k: v for k, v in s.items() if k not in ("pde", "axes", "orders")}
         context = {"pde": pde, "axes": axes_np, "uniform": uniform, "jitter": self.jitter,
@@ -393,9 +406,14 @@ class GPSolver(Estimator):
 
         problem, ctx = prepared.problem, prepared.context
         common = dict(chunk_size=self.steps_per_chunk, guard=("loss",),
-                      progress_fields=("loss", "res_rms"), hint=_HINT)  # fmt: skip
+                      progress_fields=("loss", "res_rms", "bnd_rms"), hint=_HINT)  # fmt: skip
         res = yield Stage("mixture", gphm_init, gphm_step, problem, ctx["n1"], **common)
         params = res.state.params
+
+        def carried(prob, state):  # the multipliers and the penalty go on to the next stage
+            return dataclasses.replace(prob, multiplier=state.multiplier, penalty=state.penalty)
+
+        problem = carried(problem, res.state)
         problems = [problem]
         if ctx["settings"]["extra_gp_fraction"] is None and self.lbfgs_steps:
             p = dataclasses.replace(problem, start=params)
@@ -417,6 +435,7 @@ class GPSolver(Estimator):
             if n2 > 0:
                 res = yield Stage("extra", gphm_init, gphm_step, p2, n2, **common)
                 extra = res.state.params
+                p2 = carried(p2, res.state)
             if self.lbfgs_steps:
                 p2 = dataclasses.replace(p2, start=extra)
                 res = yield Stage("extra-lbfgs", gphm_lbfgs_init, gphm_lbfgs_step, p2,
@@ -445,12 +464,15 @@ class GPSolver(Estimator):
         dims = {"V": names, "u": names, "pde": names, "boundary": ["boundary_node"]}
         coords = {n: a for n, a in zip(names, ctx["axes"], strict=True)}
         coords["boundary_node"] = np.arange(ctx["boundary_values"].size)
+        # the boundary precision of the model: the paper's λ_b τ1, or the multipliers' penalty μ
+        bw = problem.boundary_weight if problem.multiplier is None else \
+            problem.penalty / jnp.exp(kernel_params["log_tau1"])  # fmt: skip
         kwargs = dict(kernel_params=kernel_params, family=problem.family,
-                      boundary_weight=problem.boundary_weight, jitter=problem.jitter,
+                      boundary_weight=bw, jitter=problem.jitter,
                       base=problem.base, uniform=problem.uniform)  # fmt: skip
         args = (problem.axes, problem.operator, problem.orders, problem.source,
                 problem.boundary_values)  # fmt: skip
-        return GPHMPosterior(
+        post = GPHMPosterior(
             draws if S else {}, estimator=self, args=args, kwargs=kwargs, results=results,
             context=ctx, num_draws=S or None,
             observed={"pde": ctx["source"], "boundary": ctx["boundary_values"]},
@@ -465,6 +487,25 @@ class GPSolver(Estimator):
                 "kernel_params": jax.tree.map(np.asarray, kernel_params),
             },
         )  # fmt: skip
+        _warn_if_boundary_missed(post)
+        return post
+
+
+# The fit warns when the boundary RMS ends above this fraction of the solution's scale.
+BOUNDARY_WARN = 1e-2
+
+
+def _warn_if_boundary_missed(post: GPHMPosterior) -> None:
+    g = post.context["boundary_values"]
+    scale = max(float(np.sqrt(np.mean(g**2))), float(np.sqrt(np.mean(post.grid_values**2))))
+    b = post.extra["boundary_rms"]
+    if scale > 0 and b > BOUNDARY_WARN * scale:
+        how = ("run more steps (`num_steps`)" if post.settings["boundary"] == "multiplier" else
+               "use boundary='multiplier' (the default), which imposes the data exactly")
+        warnings.warn(
+            f"GP-HM: the fit ends with a boundary RMS of {b:.3g}, {b / scale:.1%} of the "
+            f"solution's scale ({scale:.3g}): the boundary data are not met and the solution is "
+            f"not to be trusted; {how}.", UserWarning, stacklevel=4)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
