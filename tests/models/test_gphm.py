@@ -318,6 +318,8 @@ def test_errors_name_the_argument():
         (dict(boundary=lambda x: jnp.zeros((x.shape[0], 2))), "`pde.boundary` must return one"),
         (dict(operator=lambda u, d, x: d[(2,)].sum()), "`pde.operator` must return L"),
         (dict(operator=lambda u, d, x: d[(1,)]), r"`pde.operator` read derivs\[\(1,\)\]"),
+        (dict(operator=lambda u, d, x: d.get((1,))), r"`pde.operator` read derivs\[\(1,\)\]"),
+        (dict(operator=lambda u, d, x: d[(2,)] + jnp.log(u)), "NaN or infinite values at u = 0"),
         (dict(source=lambda x: jnp.zeros(3)), "`pde.source` must return f on the grid"),
         (dict(source=np.zeros(19)), r"`pde.source` \(an array\) must hold f at the grid"),
         (dict(source=np.full(20, np.nan)), "`pde.source` has NaN"),

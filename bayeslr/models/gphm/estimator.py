@@ -543,8 +543,24 @@ def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
     return f
 
 
+class _Declared(dict):
+    """The derivative fields handed to a user's operator while it is checked: reading an
+    undeclared multi-index, by ``[...]`` or ``.get``, raises the ``KeyError`` that
+    :func:`_check_operator` turns into a message."""
+
+    def get(self, key, default=None):
+        return self[key]
+
+
+jax.tree_util.register_pytree_node(
+    _Declared, lambda d: (list(d.values()), list(d.keys())),
+    lambda keys, values: _Declared(zip(keys, values, strict=True)))  # fmt: skip
+
+
 def _check_operator(pde: PDE, orders, shape, x: jax.Array) -> None:
-    probe = {idx: jax.ShapeDtypeStruct(shape, x.dtype) for idx in orders}
+    """The operator's output shape, its derivative reads, and that it is finite where the fit
+    starts (:math:`V = 0`: :math:`u` and every derivative zero), all before compiling."""
+    probe = _Declared({idx: jax.ShapeDtypeStruct(shape, x.dtype) for idx in orders})
     u = jax.ShapeDtypeStruct(shape, x.dtype)
     try:
         out = jax.eval_shape(pde.operator, u, probe, x)
@@ -557,4 +573,13 @@ def _check_operator(pde: PDE, orders, shape, x: jax.Array) -> None:
         raise ValueError(
             f"`pde.operator` must return L[u] on the grid, shape {shape}; got "
             f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+    zero = jnp.zeros(shape, x.dtype)
+    start = pde.operator(zero, _Declared({idx: zero for idx in orders}), x)
+    if not bool(jnp.all(jnp.isfinite(start))):
+        raise ValueError(
+            "`pde.operator` returns NaN or infinite values at u = 0 (every derivative 0), where "
+            "the fit starts: an operator undefined there (log u, 1/u, sqrt(u)) cannot be "
+            "solved from it; solve for w = u - u0 with a known u0 that keeps the operator "
+            "defined (put u0 in the operator, the source and the boundary data)."
         )
