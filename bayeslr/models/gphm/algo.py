@@ -237,8 +237,6 @@ def gphm_loss(
                   "boundary_residual": bres}  # fmt: skip
 
 
-
-
 def gauss_newton_step(
     params: dict,
     axes: Sequence[jax.Array],

@@ -552,18 +552,13 @@ class _Declared(dict):
         return self[key]
 
 
-jax.tree_util.register_pytree_node(
-    _Declared, lambda d: (list(d.values()), list(d.keys())),
-    lambda keys, values: _Declared(zip(keys, values, strict=True)))  # fmt: skip
-
-
 def _check_operator(pde: PDE, orders, shape, x: jax.Array) -> None:
-    """The operator's output shape, its derivative reads, and that it is finite where the fit
-    starts (:math:`V = 0`: :math:`u` and every derivative zero), all before compiling."""
-    probe = _Declared({idx: jax.ShapeDtypeStruct(shape, x.dtype) for idx in orders})
-    u = jax.ShapeDtypeStruct(shape, x.dtype)
+    """One evaluation where the fit starts (:math:`V = 0`: :math:`u` and every derivative
+    zero), before compiling anything: the derivatives it reads, its output shape, and that it
+    is finite there."""
+    zero = jnp.zeros(shape, x.dtype)
     try:
-        out = jax.eval_shape(pde.operator, u, probe, x)
+        out = pde.operator(zero, _Declared({idx: zero for idx in orders}), x)
     except KeyError as e:
         raise ValueError(
             f"`pde.operator` read derivs[{e.args[0]!r}], which is not in `pde.derivatives` "
@@ -574,9 +569,7 @@ def _check_operator(pde: PDE, orders, shape, x: jax.Array) -> None:
             f"`pde.operator` must return L[u] on the grid, shape {shape}; got "
             f"{getattr(out, 'shape', type(out).__name__)}."
         )
-    zero = jnp.zeros(shape, x.dtype)
-    start = pde.operator(zero, _Declared({idx: zero for idx in orders}), x)
-    if not bool(jnp.all(jnp.isfinite(start))):
+    if not bool(jnp.all(jnp.isfinite(out))):
         raise ValueError(
             "`pde.operator` returns NaN or infinite values at u = 0 (every derivative 0), where "
             "the fit starts: an operator undefined there (log u, 1/u, sqrt(u)) cannot be "
