@@ -113,6 +113,9 @@ class Validation:
         patience: stop after this many evaluations without improvement (``None``: never stop).
         mode: ``"max"`` or ``"min"``.
         keep_best: return the best-scoring state rather than the last.
+        rel_tol: what counts as an improvement for ``patience``: a score better than the one
+            at the last improvement by more than this fraction of its magnitude (0: any
+            strictly better score). The best state is kept whatever the margin.
     """
 
     score: Callable[[Any], float]
@@ -120,8 +123,10 @@ class Validation:
     patience: int | None = None
     mode: str = "max"
     keep_best: bool = True
+    rel_tol: float = 0.0
 
     def __post_init__(self):
+        check_real("Validation.rel_tol", self.rel_tol, low=0.0)
         if not callable(self.score):
             raise TypeError(f"`Validation.score` must be callable; got {self.score!r}.")
         check_int("Validation.every", self.every, minimum=1)
@@ -134,6 +139,13 @@ class Validation:
         if b is None:
             return True
         return a > b if self.mode == "max" else a < b
+
+    def improved(self, a: float, b: float | None) -> bool:
+        """Whether ``a`` improves on ``b`` by more than ``rel_tol`` (for ``patience``)."""
+        if b is None:
+            return True
+        margin = self.rel_tol * abs(b)
+        return a > b + margin if self.mode == "max" else a < b - margin
 
 
 @dataclass(frozen=True)
@@ -784,7 +796,8 @@ def _single(r, state, base, start, prefix, sc, best, validation, path, every, ca
             resumed, vstate):  # fmt: skip
     """The single run from ``start``, with validation, checkpoints and the callback."""
     v = vstate or {"steps": [], "scores": [], "best": None, "best_step": None, "since": 0,
-                   "best_state": None, "stopped_by": None}  # fmt: skip
+                   "mark": None, "best_state": None, "stopped_by": None}  # fmt: skip
+    v.setdefault("mark", v["best"])  # a checkpoint written before rel_tol existed
     hist_rows = [prefix] if prefix else []
     count = [0]
 
@@ -796,9 +809,11 @@ def _single(r, state, base, start, prefix, sc, best, validation, path, every, ca
             v["steps"].append(int(t))
             v["scores"].append(s)
             if validation.better(s, v["best"]):
-                v.update(best=s, best_step=int(t), since=0)
+                v.update(best=s, best_step=int(t))
                 if validation.keep_best:
                     v["best_state"] = jax.tree.map(np.asarray, st)
+            if validation.improved(s, v["mark"]):
+                v.update(mark=s, since=0)
             else:
                 v["since"] += 1
             last = {f: a[-1] for f, a in rows[-1].items() if len(a)}
@@ -834,7 +849,8 @@ def _write(path, state, hist, t, sc, best, v):
         trees["best"] = jax.tree.map(jnp.asarray, v["best_state"])
     meta = {"step": int(t), "best_restart": int(best),
             "restart_scores": None if sc is None else [float(x) for x in sc],
-            "validation": {k: v[k] for k in ("steps", "scores", "best", "best_step", "since")},
+            "validation": {k: v[k] for k in ("steps", "scores", "best", "best_step", "since",
+                                             "mark")},
             "history_fields": list(hist)}  # fmt: skip
     _save_checkpoint(path, meta, trees, {f"history/{k}": a for k, a in hist.items()})
 

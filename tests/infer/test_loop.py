@@ -182,6 +182,20 @@ def test_validation_patience_keeps_the_best_state():
     np.testing.assert_array_equal(np.asarray(res.state["x"]), np.asarray(ref.state["x"]))
 
 
+def test_patience_counts_improvements_above_rel_tol_and_keeps_the_best():
+    # 3.0 -> 3.1 -> 3.12 -> 3.13: each better, none by 5 %: patience 2 stops at the third
+    # score, and the kept state is still the best one (step 40, not the last improvement mark)
+    p = problem(noise=0.0)
+    scores = iter([3.0, 3.1, 3.12, 3.13, 9.0])
+    res = loop.run(init, step, p, KEY, 60, progress=False,
+                   validation=loop.Validation(lambda s: next(scores), every=10, patience=3,
+                                              rel_tol=0.05))  # fmt: skip
+    assert res.stop_reason == "patience" and res.best_step == 40
+    assert res.validation["score"].tolist() == [3.0, 3.1, 3.12, 3.13]
+    with pytest.raises(ValueError, match="rel_tol"):
+        loop.Validation(lambda s: 0.0, every=1, rel_tol=-1.0)
+
+
 def test_bad_settings_are_named():
     p = problem()
     with pytest.raises(ValueError, match="`num_steps`"):

@@ -202,7 +202,7 @@ def _gphm_case():
               source=lambda x: -(k**2) * jnp.sin(k * x[..., 0]), name="sin")  # fmt: skip
     bad = dataclasses.replace(pde, boundary=np.array([0.0, np.nan]))
     kw = dict(grid=20, num_components=4, freq_scale=1.0, num_steps=30, steps_per_chunk=10,
-              num_samples=40, progress_bar=False)  # fmt: skip
+              kernel="stm", check_every=10, num_samples=40, progress_bar=False)  # fmt: skip
     return Case(
         make=lambda s: GPSolver(seed=s, **kw), train=(pde,), test=(), direct_lpd=None,
         nan_train=(bad,), step_module="bayeslr.models.gphm.estimator", step_name="gphm_step",

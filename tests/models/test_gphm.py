@@ -16,7 +16,8 @@ from bayeslr.models import PDE, GPSolver
 from bayeslr.models.gphm import boundary_mask, gauss_newton_step, gphm_loss, gphm_operators
 from bayeslr.models.gphm.algo import _gram, _kernels
 
-QUIET = dict(progress_bar=False)
+# one kernel family unless a test is about the choice between them (kernel="auto" fits both)
+QUIET = dict(progress_bar=False, kernel="stm")
 
 
 def _kernel(family, rng, Q=3):
@@ -295,6 +296,8 @@ def test_errors_name_the_argument():
         GPSolver(grid=(10, 10)).fit(pde)
     with pytest.raises(ValueError, match=r"`kernel` must be one of"):
         GPSolver(kernel="rbf")
+    with pytest.raises(ValueError, match=r"`check_every` must be"):
+        GPSolver(check_every=0)
     with pytest.raises(ValueError, match=r"`freq_scale` must be a positive"):
         GPSolver(freq_scale=-1.0).fit(pde)
     with pytest.raises(ValueError, match=r"`extra_gp_fraction` must lie in"):
@@ -505,3 +508,91 @@ def test_multiplier_imposes_the_boundary_whatever_the_weight(x64):
     assert 0.5 < errs[0] / errs[1] < 2.0
     with pytest.raises(ValueError, match="`boundary` must be one of"):
         GPSolver(boundary="exact")
+
+
+# ---- held-out checks, the kernel choice, the stop rule, continuation ---------------------------
+
+
+def test_heldout_misfits_are_the_conditional_mean_between_the_nodes(x64):
+    # the check grid's fields by Kronecker mode products equal the dense conditional mean
+    # (post.solution) at the midpoints, and H is the operator of them minus f there
+    from bayeslr.models.gphm.algo import check_axes, heldout_misfits
+
+    post = _low_frequency_fit()
+    problem = post.context["problem"]
+    check = post.context["check"]
+    (mid,) = check_axes(post.grid)
+    np.testing.assert_allclose(np.asarray(check["axes"][0]), mid)
+    params = [jax.tree.map(jnp.asarray, p) for p, _ in post.extra["stages"]]
+    H, B, U = heldout_misfits(params, ["stm"], problem.axes, problem.jitter, problem.uniform,
+                              problem.operator, problem.orders, check)  # fmt: skip
+    np.testing.assert_allclose(U, post.solution(mid), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(H, post.solution(mid, derivative=(2,)) + np.sin(mid),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    ends = post.solution(np.array([0.0, 2 * np.pi]))
+    np.testing.assert_allclose(B, ends - np.sin([0.0, 2 * np.pi]), atol=1e-12)
+    # the fit's own held-out score is these ratios
+    h = post.extra["heldout"]
+    assert h["held_out"] and h["score"] == h["residual"] + h["boundary"]
+    np.testing.assert_allclose(h["residual"], np.sqrt(np.mean(np.asarray(H) ** 2))
+                               / np.sqrt(np.mean(np.sin(mid) ** 2)), rtol=1e-9)  # fmt: skip
+
+
+def test_auto_kernel_keeps_the_family_with_the_lower_heldout_score(x64):
+    pde = _sine_pde(2.0)
+    kw = dict(grid=30, num_components=4, freq_scale=1.0, num_steps=100, num_samples=0,
+              progress_bar=False)  # fmt: skip
+    auto = GPSolver(**kw).fit(pde)
+    sel = auto.extra["kernel_selection"]
+    assert set(sel) == {"stm", "gm"} and all(v["held_out"] for v in sel.values())
+    chosen = min(sel, key=lambda f: sel[f]["score"])
+    assert auto.extra["kernel"] == chosen and auto.method == f"gphm-{chosen}-map-laplace"
+    assert len(auto.results) == 1 and auto.extra["loss"].shape == (100,)
+    # the kept chain is the single-family fit, step for step
+    single = GPSolver(kernel=chosen, **kw).fit(pde)
+    np.testing.assert_allclose(auto.grid_values, single.grid_values, rtol=1e-10, atol=1e-12)
+    assert auto.extra["heldout"] == single.extra["heldout"]
+    # the other family's fit stays readable for comparison
+    other = ({"stm", "gm"} - {chosen}).pop()
+    x = np.linspace(0.1, 6.0, 7)
+    np.testing.assert_array_equal(auto.solution(x, kernel=chosen), auto.solution(x))
+    assert np.max(np.abs(auto.solution(x, kernel=other) - auto.solution(x))) > 1e-8
+    assert np.max(np.abs(auto.solution(x, kernel=other) - np.sin(2 * x))) < 0.5
+    with pytest.raises(ValueError, match="`kernel` must be one of the families fitted"):
+        single.solution(x, kernel=other)
+
+
+def test_heldout_stop_rule_ends_the_fit_and_keeps_its_best_state(x64):
+    # the held-out score is not monotone early on (the multipliers move the boundary every
+    # 25 steps): with patience 1 the fit stops at its first check without a 1 % improvement
+    with pytest.warns(UserWarning, match="boundary RMS"):
+        post = GPSolver(grid=40, num_components=8, freq_scale=2.0, num_steps=600,
+                        check_every=50, check_patience=1, num_samples=0,
+                        **QUIET).fit(_sine_pde(1.0))  # fmt: skip
+    res = post.results[0]
+    assert res.stop_reason == "patience" and res.num_steps < 600
+    steps, scores = res.validation["step"], res.validation["score"]
+    assert np.all(np.diff(steps) == 50) and scores[-1] > 0.99 * scores[:-1].min()
+    assert res.best_step == steps[np.argmin(scores)]
+    # the posterior is the kept (best) state's
+    np.testing.assert_allclose(post.extra["heldout"]["score"], scores.min(), rtol=1e-10)
+
+
+def test_a_fit_continues_from_a_previous_posterior(x64):
+    pde = _sine_pde(2.0)
+    kw = dict(grid=30, num_components=4, freq_scale=1.0, num_samples=0, **QUIET)
+    first = GPSolver(num_steps=60, **kw).fit(pde)
+    solver = GPSolver(num_steps=120, **kw)
+    prepared = solver.prepare(pde, init=first)
+    start = prepared.problem.start
+    np.testing.assert_array_equal(np.asarray(start["V"]), first.extra["stages"][0][0]["V"])
+    np.testing.assert_array_equal(np.asarray(prepared.problem.multiplier),
+                                  np.asarray(first.context["problem"].multiplier))  # fmt: skip
+    more = solver.fit(pde, init=first)
+    assert more.extra["heldout"]["score"] < first.extra["heldout"]["score"]
+    with pytest.raises(ValueError, match="fitted on a grid of shape"):
+        GPSolver(grid=31, **{k: v for k, v in kw.items() if k != "grid"}).fit(pde, init=first)
+    with pytest.raises(TypeError, match="`init` must be a GPHMPosterior"):
+        solver.fit(pde, init="post")
+    with pytest.raises(ValueError, match="imposed the boundary by 'multiplier'"):
+        GPSolver(boundary="penalty", num_steps=1, **kw).fit(pde, init=first)

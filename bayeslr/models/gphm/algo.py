@@ -31,6 +31,7 @@ __all__ = [
     "gphm_loss",
     "gphm_operators",
     "gphm_step",
+    "heldout_misfits",
     "laplace_draws",
 ]
 
@@ -475,6 +476,58 @@ def _predictive_weights(params, family, axes, jitter, uniform=None) -> jax.Array
         x = jax.scipy.linalg.solve_triangular(ej[0].T, a.reshape(a.shape[0], -1), lower=False)
         alpha = jnp.moveaxis(x.reshape(a.shape), 0, j)
     return alpha
+
+
+def check_axes(axes: Sequence) -> tuple:
+    r"""The held-out check points per axis: the midpoints :math:`(x_{j,i} + x_{j,i+1})/2`
+    between neighbouring grid nodes. Their product grid (:math:`\prod_j (M_j - 1)` points, all
+    interior) is where :func:`heldout_misfits` evaluates the PDE residual; no collocation point
+    of the fit lies on it."""
+    return tuple((a[:-1] + a[1:]) / 2 for a in axes)
+
+
+def _fields_off_grid(params, family, axes, jitter, uniform, at, orders):
+    r"""The conditional mean of :math:`u` and its derivatives ``orders`` on the product grid
+    ``at`` (one coordinate array per axis): :math:`(\otimes_j k_j^{(r_j,0)}(a_j, x_j))\,\alpha`
+    by one mode product per axis, :math:`O(M\sum_j M_j)` (the step's cost), not a dense
+    :math:`n \times M` contraction."""
+    alpha = _predictive_weights(params, family, axes, jitter, uniform)
+    kernels = _kernels(params, family)
+    d = len(axes)
+    C = [{r: kernels[j].derivative(at[j], axes[j], r, 0) for r in rs}
+         for j, rs in enumerate(_per_axis_orders(orders, d))]  # fmt: skip
+    return _apply_orders(alpha, C, ((0,) * d, *orders))
+
+
+def heldout_misfits(
+    params: Sequence[dict], families: Sequence[str], axes, jitter, uniform, operator, orders,
+    check: dict,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""The PDE residual and the boundary misfit of a fit at points the fit never saw.
+
+    ``params``, ``families``: each GP whose means add up (the mixture GP, then the extra GP).
+    ``check`` (built by the estimator from the PDE's callables): ``"axes"``, the interior check
+    grid (:func:`check_axes`), and ``"source"``, :math:`f` there; ``"faces"``,
+    per boundary face a product grid (the face's coordinate on its axis, the check midpoints on
+    the others) and ``"boundary"``, :math:`g` there (concatenated in face order). Returns
+    ``(H, B, U)``: :math:`L[u] - f` on the check grid, :math:`u - g` on the faces (flattened)
+    and :math:`u` on the check grid.
+    """
+    d = len(axes)
+    zero = (0,) * d
+    at = check["axes"]
+    fields = None
+    face_u = None
+    for p, family in zip(params, families, strict=True):
+        f = _fields_off_grid(p, family, axes, jitter, uniform, at, orders)
+        fields = f if fields is None else {k: fields[k] + v for k, v in f.items()}
+        fu = jnp.concatenate([
+            _fields_off_grid(p, family, axes, jitter, uniform, face, ())[zero].ravel()
+            for face in check["faces"]])  # fmt: skip
+        face_u = fu if face_u is None else face_u + fu
+    x = jnp.stack(jnp.meshgrid(*at, indexing="ij"), axis=-1)
+    H = operator(fields[zero], {idx: fields[idx] for idx in orders}, x) - check["source"]
+    return H, face_u - check["boundary"], fields[zero]
 
 
 def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 << 24):

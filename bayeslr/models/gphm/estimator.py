@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayeslr._validation import check_int, check_real
+from bayeslr.infer import loop
 from bayeslr.models.base import Estimator, ModelPosterior, Prepared, Stage
 from bayeslr.models.gphm.algo import (
     GPHMProblem,
@@ -21,12 +22,14 @@ from bayeslr.models.gphm.algo import (
     _is_uniform,
     _kernels,
     _predictive_weights,
+    check_axes,
     extra_params,
     gphm_init,
     gphm_lbfgs_init,
     gphm_lbfgs_step,
     gphm_operators,
     gphm_step,
+    heldout_misfits,
     init_params,
     laplace_draws,
 )
@@ -42,10 +45,12 @@ from bayeslr.models.gphm.pde import (
 
 __all__ = ["GPHMPosterior", "GPSolver"]
 
-KERNELS = ("stm", "gm")
+KERNELS = ("auto", "stm", "gm")
 OPTIMIZERS = ("gauss-newton", "adam")
 BOUNDARY = ("multiplier", "penalty")
 _HINT = "Lower `learning_rate` or raise `jitter`."
+# The held-out stop rule counts a check as an improvement when the score falls by 1 %.
+CHECK_REL_TOL = 0.01
 
 
 @jax.jit
@@ -54,6 +59,23 @@ def _loss_at(params, problem: GPHMProblem):
 
 
 _draws = jax.jit(laplace_draws, static_argnums=1)
+_heldout = jax.jit(heldout_misfits, static_argnums=(1, 4, 5, 6))
+
+
+def heldout_score(params: Sequence[dict], families: Sequence[str], problem: GPHMProblem,
+                  check: dict) -> dict[str, float]:
+    r"""The fit's misfits at the held-out check points (:func:`heldout_misfits`): the RMS of
+    the PDE residual on the interior check grid relative to the RMS of :math:`f` there
+    (``residual``), the RMS of :math:`u - g` at the check points of the boundary faces
+    relative to the solution's scale, the larger of the RMS of :math:`g` and of :math:`u` on
+    the check grid (``boundary``), and their sum (``score``, lower is better). A zero
+    :math:`f` counts as scale 1."""
+    H, B, U = _heldout(tuple(params), tuple(families), problem.axes, problem.jitter,
+                    problem.uniform, problem.operator, problem.orders, check)  # fmt: skip
+    res = float(jnp.sqrt(jnp.mean(H**2))) / check["source_scale"]
+    scale = max(check["boundary_scale"], float(jnp.sqrt(jnp.mean(U**2))))
+    bnd = float(jnp.sqrt(jnp.mean(B**2))) / scale if scale > 0 else 0.0
+    return {"residual": res, "boundary": bnd, "score": res + bnd}
 
 
 def _positive(name: str, v: Any) -> float:
@@ -117,7 +139,7 @@ class GPHMPosterior(ModelPosterior):
         return out
 
     def solution(self, x: Any, derivative: Sequence[int] | None = None, *,
-                 extrapolate: bool = False) -> np.ndarray:
+                 kernel: str | None = None, extrapolate: bool = False) -> np.ndarray:
         r"""The posterior mean of :math:`u` (or :math:`\partial^{\mathbf r} u`) at ``x``: the
         GP conditional mean given the fitted grid values.
 
@@ -125,6 +147,8 @@ class GPHMPosterior(ModelPosterior):
             x: ``(n, d)`` points in the box (``(n,)`` in 1-D).
             derivative: multi-index ``r`` (one order per axis, each at most 2) or ``None`` for
                 :math:`u`.
+            kernel: ``None`` for the kept fit; with ``kernel="auto"`` the other family's fit
+                (``"stm"`` or ``"gm"``, see ``extra["kernel_selection"]``) for comparison.
             extrapolate: points outside the PDE's box raise a ``ValueError`` (the PDE says
                 nothing there: the GP's mean decays to zero within a few lengthscales of the
                 grid); ``True`` computes them anyway, with a warning.
@@ -160,16 +184,21 @@ class GPHMPosterior(ModelPosterior):
             raise ValueError(
                 f"`derivative` must be {d} orders in 0..2 (one per axis); got {derivative!r}."
             )
+        candidates = self.extra["candidates"]
+        if kernel is not None and kernel not in candidates:
+            raise ValueError(f"`kernel` must be one of the families fitted, {list(candidates)}; "
+                             f"got {kernel!r}.")  # fmt: skip
+        kernel = self.extra["kernel"] if kernel is None else kernel
         alphas = self.context.setdefault("alphas", {})
         with jax.enable_x64(True):
             axes = tuple(jnp.asarray(a) for a in self.grid)
             total = 0.0
-            for i, (params, family) in enumerate(self.extra["stages"]):
+            for i, (params, family) in enumerate(candidates[kernel]):
                 p = jax.tree.map(jnp.asarray, params)
-                if i not in alphas:  # the per-axis Cholesky solves, once per posterior
-                    alphas[i] = np.asarray(_predictive_weights(
+                if (kernel, i) not in alphas:  # the per-axis Cholesky solves, once
+                    alphas[kernel, i] = np.asarray(_predictive_weights(
                         p, family, axes, self.context["jitter"], self.context["uniform"]))
-                total = total + _cross_predict(p, family, axes, jnp.asarray(alphas[i]),
+                total = total + _cross_predict(p, family, axes, jnp.asarray(alphas[kernel, i]),
                                                jnp.asarray(pts), r)  # fmt: skip
             return np.asarray(total)
 
@@ -199,6 +228,8 @@ class GPSolver(Estimator):
                   source=lambda x: -400.0 * jnp.sin(20 * x[..., 0]))
         post = GPSolver(grid=200, freq_scale=5.0, num_steps=4000).fit(pde)
         post.solution(np.linspace(0, 2 * np.pi, 300))
+        post.extra["kernel"], post.extra["heldout"]   # the family kept, its held-out score
+        more = GPSolver(grid=200, num_steps=2000).fit(pde, init=post)   # continue the fit
 
     The eleven problems of the paper are ready-made:
     ``GPSolver().fit(pde_problem("poisson1d_sin100"))`` (see
@@ -209,7 +240,10 @@ class GPSolver(Estimator):
         grid: points per axis (int, or one int per axis; uniform, endpoints included), or 1-D
             increasing coordinate arrays per axis that start and end at the domain's bounds.
             Default: the PDE's ``defaults["grid"]``, else 100.
-        kernel: ``"stm"`` (Student-t mixture, default) or ``"gm"`` (Gaussian mixture).
+        kernel: ``"auto"`` (default): fit both families and keep the one with the lower
+            held-out score (:func:`heldout_score`, at the midpoints between the grid nodes;
+            twice the time); ``"stm"`` (Student-t mixture) or ``"gm"`` (Gaussian mixture)
+            fit one.
         num_components: :math:`Q` per axis (paper: 30).
         freq_scale: :math:`F`: initial frequencies :math:`\mu = \operatorname{linspace}(0, F,
             Q)` in cycles per unit (one float or one per axis); must exceed the solution's
@@ -251,6 +285,11 @@ class GPSolver(Estimator):
         jitter: relative jitter :math:`\epsilon` on each :math:`K_j`.
         steps_per_chunk: at most this many steps per compiled chunk (the progress bar and the
             NaN check run between chunks; the chunks are equal).
+        check_every: steps between held-out checks (:func:`heldout_score`; the chunk length
+            becomes this): the best-scoring state is kept. ``None``: no checks (the last state
+            is kept). Needs callable ``source`` and ``boundary``.
+        check_patience: stop a stage after this many checks without a 1 % improvement of the
+            held-out score; ``None`` never stops early.
         num_samples: posterior draws of the grid values (made on first use: ``to_arviz``,
             ``predict``); 0 for the MAP solution only.
         seed: seed of the posterior draws (the fit itself is deterministic).
@@ -269,7 +308,7 @@ class GPSolver(Estimator):
         self,
         grid: Any = None,
         *,
-        kernel: str = "stm",
+        kernel: str = "auto",
         num_components: int = 30,
         freq_scale: float | Sequence[float] | None = None,
         boundary_weight: float | None = None,
@@ -283,6 +322,8 @@ class GPSolver(Estimator):
         extra_gp_fraction: float | str | None = None,
         jitter: float = 1e-6,
         steps_per_chunk: int = 250,
+        check_every: int | None = 100,
+        check_patience: int | None = 10,
         num_samples: int = 100,
         seed: int | jax.Array = 0,
         progress_bar: bool = True,
@@ -313,6 +354,10 @@ class GPSolver(Estimator):
         self.dense_limit = check_int("dense_limit", dense_limit, minimum=0)
         self.cg_steps = check_int("cg_steps", cg_steps, minimum=1)
         self.steps_per_chunk = check_int("steps_per_chunk", steps_per_chunk, minimum=1)
+        self.check_every = None if check_every is None else \
+            check_int("check_every", check_every, minimum=1)  # fmt: skip
+        self.check_patience = None if check_patience is None else \
+            check_int("check_patience", check_patience, minimum=1)  # fmt: skip
         if extra_gp_fraction is not None and extra_gp_fraction != "problem":
             extra_gp_fraction = check_real("extra_gp_fraction", extra_gp_fraction, low=0.0,
                                            high=1.0, low_open=True, high_open=True)  # fmt: skip
@@ -363,10 +408,15 @@ class GPSolver(Estimator):
 
     # ---- the contract -------------------------------------------------------------------
 
-    def prepare(self, pde: Any) -> Prepared:
+    def prepare(self, pde: Any, init: GPHMPosterior | None = None) -> Prepared:
         r"""Validate ``pde`` (a :class:`PDE`, a :class:`bayeslr.datasets.PDEProblem` or a
         problem's name) and the grid, evaluate :math:`f` on the grid and :math:`g` on its
-        boundary, and check the operator's output shape (all before compiling anything)."""
+        boundary, and check the operator's output shape (all before compiling anything).
+
+        ``init``: a previous fit of the same PDE on the same grid to continue
+        (``fit(pde, init=post)``): its kernel family, parameters, multipliers and penalty are
+        the start, and this solver's ``num_steps`` run with a fresh learning-rate schedule.
+        Fits with the extra GP cannot be continued."""
         s = self.settings(pde)
         pde, orders, axes_np = s["pde"], s["orders"], s["axes"]
         shape = tuple(a.size for a in axes_np)
@@ -388,62 +438,130 @@ class GPSolver(Estimator):
             learning_rate=jnp.asarray(0.0 if callable(lr) else lr, dtype),
             decay_steps=jnp.asarray(max(n1, 1), dtype),
             start=init_params(shape, self.num_components, s["freq_scale"], dtype), base=None,
-            operator=pde.operator, orders=orders, family=self.kernel, uniform=uniform,
+            operator=pde.operator, orders=orders, uniform=uniform,
+            family="stm" if self.kernel == "auto" else self.kernel,
             optimizer=self.optimizer, dense_limit=self.dense_limit, cg_steps=self.cg_steps,
             schedule=lr if callable(lr) else None,
             **({} if self.boundary == "penalty" else dict(
                 multiplier=jnp.zeros(gvals.shape, dtype),
                 penalty=jnp.asarray(s["boundary_weight"], dtype))),
         )  # fmt: skip
+        init_family = None
+        if init is not None:
+            problem, init_family = _continued(problem, init, axes_np, self.boundary)
         settings = {k: v for k, v in s.items() if k not in ("pde", "axes", "orders")}
-        context = {"pde": pde, "axes": axes_np, "uniform": uniform, "jitter": self.jitter,
+        context = {"init_family": init_family, "pde": pde, "axes": axes_np,
+                   "uniform": uniform, "jitter": self.jitter,
+                   "check": _check_data(pde, axes_np, dtype),
                    "settings": {**settings, "grid": shape}, "n1": n1,
                    "source": np.asarray(f), "boundary_values": gvals}  # fmt: skip
         return Prepared(problem, context)
 
     def stages(self, prepared: Prepared):
+        ctx = prepared.context
+        families = ("stm", "gm") if self.kernel == "auto" else (self.kernel,)
+        if ctx.get("init_family") is not None:
+            families = (ctx["init_family"],)
+        chains = {}
+        for family in families:
+            chain = yield from self._chain(prepared, family)
+            chain["heldout"] = self._judge(ctx, chain)
+            chains[family] = chain
+        best = min(chains, key=lambda f: chains[f]["heldout"]["score"])
+        ctx.update(stages=chains[best]["stages"], problem=chains[best]["problem"],
+                   family=best, chain=chains[best]["results"],
+                   candidates={f: c["stages"] for f, c in chains.items()},
+                   selection={f: c["heldout"] for f, c in chains.items()})  # fmt: skip
+
+    def _chain(self, prepared: Prepared, family: str):
+        """The stages of one kernel family: the mixture GP (then L-BFGS), and the extra GP
+        (then L-BFGS) where asked. Returns ``{"stages": [(params, family), ...], "problem",
+        "results"}`` (the loop results of this chain)."""
         import dataclasses
 
-        problem, ctx = prepared.problem, prepared.context
+        ctx = prepared.context
+        problem = dataclasses.replace(prepared.problem, family=family)
+        results = []
         common = dict(chunk_size=self.steps_per_chunk, guard=("loss",),
                       progress_fields=("loss", "res_rms", "bnd_rms"), hint=_HINT)  # fmt: skip
-        res = yield Stage("mixture", gphm_init, gphm_step, problem, ctx["n1"], **common)
-        params = res.state.params
+        tag = f"{family}" if self.kernel == "auto" else ""
+
+        def name(stage):
+            return f"{tag} {stage}".strip()
 
         def carried(prob, state):  # the multipliers and the penalty go on to the next stage
             return dataclasses.replace(prob, multiplier=state.multiplier, penalty=state.penalty)
 
+        res = yield Stage(name("mixture"), gphm_init, gphm_step, problem, ctx["n1"],
+                          validation=self._validation(ctx, problem, (), (family,)),
+                          **common)  # fmt: skip
+        results.append(res)
+        params = res.state.params
         problem = carried(problem, res.state)
-        problems = [problem]
         if ctx["settings"]["extra_gp_fraction"] is None and self.lbfgs_steps:
-            p = dataclasses.replace(problem, start=params)
-            res = yield Stage("lbfgs", gphm_lbfgs_init, gphm_lbfgs_step, p, self.lbfgs_steps,
-                              **common)  # fmt: skip
+            problem = dataclasses.replace(problem, start=params)
+            res = yield Stage(name("lbfgs"), gphm_lbfgs_init, gphm_lbfgs_step, problem,
+                              self.lbfgs_steps, **common)  # fmt: skip
+            results.append(res)
             params = res.state[0]
-            problems[0] = p
-        ctx["stages"] = [(params, self.kernel)]
+        stages = [(params, family)]
         if ctx["settings"]["extra_gp_fraction"] is not None:
-            E, _ = gphm_operators(_kernels(params, self.kernel), problem.axes, problem.orders,
+            E, _ = gphm_operators(_kernels(params, family), problem.axes, problem.orders,
                                   self.jitter, problem.uniform)  # fmt: skip
             base = jax.lax.stop_gradient(_fields(params["V"], E, problem.orders, None))
             n2 = self.num_steps - ctx["n1"]
-            p2 = dataclasses.replace(
+            problem = dataclasses.replace(
                 problem, start=extra_params(params["V"].shape, params, jnp.float64), base=base,
                 family="stm", decay_steps=jnp.asarray(max(n2, 1), jnp.float64),
             )  # fmt: skip
-            extra = p2.start
+            extra = problem.start
             if n2 > 0:
-                res = yield Stage("extra", gphm_init, gphm_step, p2, n2, **common)
+                res = yield Stage(name("extra"), gphm_init, gphm_step, problem, n2,
+                                  validation=self._validation(ctx, problem, (params,),
+                                                              (family, "stm")),
+                                  **common)  # fmt: skip
+                results.append(res)
                 extra = res.state.params
-                p2 = carried(p2, res.state)
+                problem = carried(problem, res.state)
             if self.lbfgs_steps:
-                p2 = dataclasses.replace(p2, start=extra)
-                res = yield Stage("extra-lbfgs", gphm_lbfgs_init, gphm_lbfgs_step, p2,
-                                  self.lbfgs_steps, **common)  # fmt: skip
+                problem = dataclasses.replace(problem, start=extra)
+                res = yield Stage(name("extra-lbfgs"), gphm_lbfgs_init, gphm_lbfgs_step,
+                                  problem, self.lbfgs_steps, **common)  # fmt: skip
+                results.append(res)
                 extra = res.state[0]
-            ctx["stages"].append((extra, "stm"))
-            problems.append(p2)
-        ctx["problem"] = problems[-1]
+            stages.append((extra, "stm"))
+        return {"stages": stages, "problem": problem, "results": results}
+
+    def _validation(self, ctx, problem, frozen, families):
+        r"""The held-out stop rule of a Gauss–Newton/Adam stage: every ``check_every`` steps the
+        fit is scored at the check points (:func:`heldout_score`), the best state is kept,
+        and the stage stops after ``check_patience`` scores without improvement. ``None`` where
+        the PDE gives no check points (array data) or ``check_every=None``."""
+        check = ctx["check"]
+        if check is None or self.check_every is None:
+            return None
+
+        def score(state):
+            return heldout_score([*frozen, state.params], families, problem, check)["score"]
+
+        return loop.Validation(score, every=self.check_every, patience=self.check_patience,
+                               mode="min", keep_best=True, rel_tol=CHECK_REL_TOL)  # fmt: skip
+
+    def _judge(self, ctx, chain) -> dict[str, float]:
+        """The scores a chain is compared by: :func:`heldout_score` at the check points, or,
+        where the PDE gives none, the same ratios on the grid the fit saw."""
+        params = [p for p, _ in chain["stages"]]
+        families = [f for _, f in chain["stages"]]
+        if ctx["check"] is not None:
+            return {**heldout_score(params, families, chain["problem"], ctx["check"]),
+                    "held_out": True}  # fmt: skip
+        _, parts = _loss_at(params[-1], chain["problem"])
+        f_rms = float(np.sqrt(np.mean(ctx["source"] ** 2))) or 1.0
+        g = ctx["boundary_values"]
+        res = float(np.sqrt(parts["residual_sse"] / ctx["source"].size)) / f_rms
+        scale = float(np.sqrt(np.mean(g**2))) or 1.0
+        bnd = float(np.sqrt(parts["boundary_sse"] / g.size)) / scale
+        return {"residual": res, "boundary": bnd, "score": res + bnd, "held_out": False}
 
     def posterior(self, results, prepared: Prepared) -> GPHMPosterior:
         ctx = prepared.context
@@ -473,12 +591,17 @@ class GPSolver(Estimator):
         args = (problem.axes, problem.operator, problem.orders, problem.source,
                 problem.boundary_values)  # fmt: skip
         post = GPHMPosterior(
-            draws if S else {}, estimator=self, args=args, kwargs=kwargs, results=results,
-            context=ctx, num_draws=S or None,
+            draws if S else {}, estimator=self, args=args, kwargs=kwargs,
+            results=ctx["chain"], context=ctx, num_draws=S or None,
             observed={"pde": ctx["source"], "boundary": ctx["boundary_values"]},
-            dims=dims, coords=coords, method=f"gphm-{self.kernel}-map-laplace",
+            dims=dims, coords=coords, method=f"gphm-{ctx['family']}-map-laplace",
             extra={
-                "loss": np.concatenate([np.asarray(r.history["loss"]) for r in results]),
+                "loss": np.concatenate([np.asarray(r.history["loss"]) for r in ctx["chain"]]),
+                "kernel": ctx["family"],
+                "heldout": ctx["selection"][ctx["family"]],
+                "kernel_selection": ctx["selection"],
+                "candidates": {f: [(jax.tree.map(np.asarray, p), fam) for p, fam in st]
+                               for f, st in ctx["candidates"].items()},
                 "final_loss": float(final_loss),
                 "residual_rms": float(np.sqrt(parts["residual_sse"] / M)),
                 "boundary_rms": float(np.sqrt(parts["boundary_sse"]
@@ -525,6 +648,56 @@ def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(vals)):
         raise ValueError("`pde.boundary` has NaN or infinite values.")
     return vals
+
+
+def _continued(problem: GPHMProblem, init: Any, axes_np, boundary: str):
+    """``problem`` started where the fit ``init`` ended, and ``init``'s kernel family."""
+    import dataclasses
+
+    if not isinstance(init, GPHMPosterior):
+        raise TypeError(f"`init` must be a GPHMPosterior (a previous fit); got "
+                        f"{type(init).__name__}.")  # fmt: skip
+    grid = tuple(a.size for a in init.grid)
+    if grid != tuple(a.size for a in axes_np) or not all(
+            np.allclose(a, b) for a, b in zip(init.grid, axes_np, strict=True)):
+        raise ValueError(f"`init` was fitted on a grid of shape {grid}; this fit's grid is "
+                         f"{tuple(a.size for a in axes_np)} (a fit continues on its own grid).")
+    if len(init.extra["stages"]) != 1:
+        raise ValueError("`init` has an extra GP (extra_gp_fraction): such a fit cannot be "
+                         "continued; refit with more `num_steps`.")
+    if init.settings["boundary"] != boundary:
+        raise ValueError(f"`init` imposed the boundary by {init.settings['boundary']!r}; this "
+                         f"solver by {boundary!r}.")
+    params, family = init.extra["stages"][0]
+    prev = init.context["problem"]
+    return dataclasses.replace(
+        problem, start=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params),
+        family=family,
+        **({} if prev.multiplier is None else
+           dict(multiplier=prev.multiplier, penalty=prev.penalty))), family  # fmt: skip
+
+
+def _check_data(pde: PDE, axes_np, dtype) -> dict | None:
+    """The held-out check points and the PDE's data there (:func:`heldout_score`), or ``None``
+    where ``source`` or ``boundary`` is an array (given at the grid nodes only)."""
+    if not callable(pde.boundary) or not (pde.source is None or callable(pde.source)):
+        return None
+    mids = check_axes(axes_np)
+    faces, pts = [], []
+    for j, a in enumerate(axes_np):
+        for end in (a[:1], a[-1:]):
+            face = tuple(end if i == j else m for i, m in enumerate(mids))
+            faces.append(tuple(jnp.asarray(v, dtype) for v in face))
+            pts.append(np.stack(np.meshgrid(*face, indexing="ij"), axis=-1).reshape(-1, len(mids)))
+    g = _boundary_values(pde, np.concatenate(pts))
+    x = jnp.stack(jnp.meshgrid(*(jnp.asarray(m, dtype) for m in mids), indexing="ij"), axis=-1)
+    f = _source(pde, tuple(m.size for m in mids), x)
+
+    f_rms = float(np.sqrt(np.mean(np.square(f))))
+    return {"axes": tuple(jnp.asarray(m, dtype) for m in mids), "source": f,
+            "faces": tuple(faces), "boundary": jnp.asarray(g, dtype),
+            "source_scale": f_rms if f_rms > 0 else 1.0,
+            "boundary_scale": float(np.sqrt(np.mean(np.square(g))))}  # fmt: skip
 
 
 def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
