@@ -3,6 +3,7 @@ and the math are in :mod:`bayeslr.models.gphm`)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,6 +79,30 @@ def heldout_score(params: Sequence[dict], families: Sequence[str], problem: GPHM
     return {"residual": res, "boundary": bnd, "score": res + bnd}
 
 
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _grid_u(params, families, axes, jitter, uniform):
+    r""":math:`U = \sum (\otimes_j L_j) V` over the stages on the grid."""
+    zero = (0,) * len(axes)
+    total = 0.0
+    for p, family in zip(params, families, strict=True):
+        E, _ = gphm_operators(_kernels(p, family), axes, (), jitter, uniform)
+        total = total + _apply_orders(p["V"], E, (zero,))[zero]
+    return total
+
+
+_weights = jax.jit(_predictive_weights, static_argnums=(1, 4))
+
+
+def _call(fn: Callable, x: jax.Array):
+    """``fn(x)`` for a user's source or boundary function: compiled once (one XLA program
+    instead of one per operation of an eager call), or called as is where it cannot be
+    traced (NumPy inside)."""
+    try:
+        return jax.jit(fn)(x)
+    except jax.errors.JAXTypeError:
+        return fn(x)
+
+
 def _positive(name: str, v: Any) -> float:
     return check_real(name, v, low=0.0, low_open=True)
 
@@ -114,15 +139,14 @@ class GPHMPosterior(ModelPosterior):
     @property
     def grid_values(self) -> np.ndarray:
         """:math:`U`, the posterior mean solution on the collocation grid, ``(M_1, ..., M_d)``."""
-        with jax.enable_x64(True):
-            axes = tuple(jnp.asarray(a) for a in self.grid)
-            zero = (0,) * len(axes)
-            total = 0.0
-            for params, family in self.extra["stages"]:
-                E, _ = gphm_operators(_kernels(params, family), axes, (), self.context["jitter"],
-                                      self.context["uniform"])  # fmt: skip
-                total = total + _apply_orders(jnp.asarray(params["V"]), E, (zero,))[zero]
-            return np.asarray(total)
+        if "grid_values" not in self.context:
+            with jax.enable_x64(True):
+                stages = self.extra["stages"]
+                self.context["grid_values"] = np.asarray(_grid_u(
+                    tuple(jax.tree.map(jnp.asarray, p) for p, _ in stages),
+                    tuple(f for _, f in stages), tuple(jnp.asarray(a) for a in self.grid),
+                    self.context["jitter"], self.context["uniform"]))  # fmt: skip
+        return self.context["grid_values"].copy()
 
     def spectrum(self) -> list[dict[str, np.ndarray]]:
         r"""Per axis, the learned mixture sorted by weight (largest first): ``weights``
@@ -196,7 +220,7 @@ class GPHMPosterior(ModelPosterior):
             for i, (params, family) in enumerate(candidates[kernel]):
                 p = jax.tree.map(jnp.asarray, params)
                 if (kernel, i) not in alphas:  # the per-axis Cholesky solves, once
-                    alphas[kernel, i] = np.asarray(_predictive_weights(
+                    alphas[kernel, i] = np.asarray(_weights(
                         p, family, axes, self.context["jitter"], self.context["uniform"]))
                 total = total + _cross_predict(p, family, axes, jnp.asarray(alphas[kernel, i]),
                                                jnp.asarray(pts), r)  # fmt: skip
@@ -638,7 +662,7 @@ def _warn_if_boundary_missed(post: GPHMPosterior) -> None:
 def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
     g = pde.boundary
     if callable(g):
-        vals = np.asarray(g(jnp.asarray(pts, jnp.float64)), np.float64)
+        vals = np.asarray(_call(g, jnp.asarray(pts, jnp.float64)), np.float64)
         what = "`pde.boundary` must return one value per boundary point"
     else:
         vals = np.asarray(g, np.float64)
@@ -704,7 +728,7 @@ def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
     if pde.source is None:
         return jnp.zeros(shape, x.dtype)
     if callable(pde.source):
-        f = jnp.asarray(pde.source(x), x.dtype)
+        f = jnp.asarray(_call(pde.source, x), x.dtype)
         what, bad = "`pde.source` must return f on the grid points", "returned"
     else:
         f = jnp.asarray(np.asarray(pde.source, np.float64), x.dtype)
