@@ -596,3 +596,41 @@ def test_a_fit_continues_from_a_previous_posterior(x64):
         solver.fit(pde, init="post")
     with pytest.raises(ValueError, match="imposed the boundary by 'multiplier'"):
         GPSolver(boundary="penalty", num_steps=1, **kw).fit(pde, init=first)
+
+
+def test_solution_std_is_the_spread_of_the_posterior_draws(x64):
+    post = _low_frequency_fit()
+    grid = post.grid[0]
+    mean, std = post.solution(grid, return_std=True)
+    np.testing.assert_allclose(mean, post.solution(grid))
+    u = post.predict(return_sites=["u"])["u"]  # draws of u on the grid
+    np.testing.assert_allclose(std, u.std(0), rtol=1e-3, atol=1e-9)
+    inner = np.linspace(0.5, 5.5, 9)
+    _, s_inner = post.solution(inner, derivative=(1,), return_std=True)
+    assert np.all(np.isfinite(s_inner)) and np.all(s_inner > 0)
+    # the boundary is a constraint: no spread at its nodes; inside the box there is
+    assert std[0] < 1e-3 * std.max() and std.max() > 0
+    with pytest.raises(ValueError, match="num_samples > 0"):
+        GPSolver(grid=20, num_components=4, freq_scale=2.0, num_steps=5, num_samples=0,
+                 **QUIET).fit(_sine_pde(1.0)).solution(inner, return_std=True)  # fmt: skip
+
+
+def test_default_freq_scale_comes_from_the_source_spectrum():
+    from bayeslr.models.gphm.estimator import _spectral_scale
+
+    x = np.linspace(0.0, 1.0, 200)
+    # 7 cycles per unit: F about twice that, within the grid's Nyquist frequency
+    assert 12.0 < _spectral_scale(np.sin(2 * np.pi * 7 * x), (x,)) < 17.0
+    assert _spectral_scale(np.zeros(200), (x,)) == 20.0  # boundary-driven: the reference's F
+    y = np.linspace(0.0, 2.0, 60)
+    f = np.sin(2 * np.pi * 20 * x)[:, None] * np.cos(2 * np.pi * 1 * y)[None, :]
+    fx, fy = _spectral_scale(f, (x, y))
+    assert 35.0 < fx < 50.0 and 1.0 <= fy < 4.0
+    # through the solver: unset F is the source's; a PDE's own default or an explicit F wins
+    k = 2 * np.pi * 7
+    pde = PDE(operator=lambda u, d, x: d[(2,)], derivatives=((2,),), domain=((0.0, 1.0),),
+              boundary=lambda x: jnp.sin(k * x[:, 0]),
+              source=lambda x: -(k**2) * jnp.sin(k * x[..., 0]))  # fmt: skip
+    assert 12.0 < GPSolver(grid=200, **QUIET).settings(pde)["freq_scale"] < 17.0
+    assert GPSolver(grid=200, freq_scale=3.0, **QUIET).settings(pde)["freq_scale"] == 3.0
+    assert GPSolver(**QUIET).settings(pde_problem("poisson1d_sin100"))["freq_scale"] == 20.0

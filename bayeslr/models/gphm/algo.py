@@ -537,7 +537,8 @@ def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 
     The contraction runs axis by axis (first axis by a matrix product, the others row-wise), so
     the largest intermediate is :math:`n_c \prod_{j\ge 2} M_j` for a chunk of :math:`n_c` points;
     points go in chunks of at most ``chunk_elements`` such entries (memory, not a
-    :math:`n \times M_1 \times M_2` tensor)."""
+    :math:`n \times M_1 \times M_2` tensor). Trailing axes of ``alpha`` beyond the grid's
+    (draws) are carried: the result is ``(n, *alpha.shape[d:])``."""
     kernels = _kernels(params, family)
     n = pts.shape[0]
     size = max(1, min(n, chunk_elements // max(1, math.prod(alpha.shape[1:]))))
@@ -552,7 +553,7 @@ def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 
         return out
 
     chunks = padded.reshape(-1, size, pts.shape[1])
-    return jax.lax.map(contract, chunks).reshape(-1)[:n]
+    return jax.lax.map(contract, chunks).reshape(-1, *alpha.shape[len(axes):])[:n]
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and the math are in :mod:`bayeslr.models.gphm`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
@@ -163,7 +164,8 @@ class GPHMPosterior(ModelPosterior):
         return out
 
     def solution(self, x: Any, derivative: Sequence[int] | None = None, *,
-                 kernel: str | None = None, extrapolate: bool = False) -> np.ndarray:
+                 kernel: str | None = None, extrapolate: bool = False,
+                 return_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         r"""The posterior mean of :math:`u` (or :math:`\partial^{\mathbf r} u`) at ``x``: the
         GP conditional mean given the fitted grid values.
 
@@ -173,6 +175,12 @@ class GPHMPosterior(ModelPosterior):
                 :math:`u`.
             kernel: ``None`` for the kept fit; with ``kernel="auto"`` the other family's fit
                 (``"stm"`` or ``"gm"``, see ``extra["kernel_selection"]``) for comparison.
+            return_std: also return the posterior standard deviation of the value at ``x``
+                over the draws of the grid values (``num_samples`` of them, made on first
+                use; hyperparameters at their fitted values): the spread of the conditional
+                mean :math:`k_x K^{-1}U` as :math:`U` varies under the posterior (the GP's
+                own conditional variance between nodes, negligible on a grid that resolves
+                the solution, is not added).
             extrapolate: points outside the PDE's box raise a ``ValueError`` (the PDE says
                 nothing there: the GP's mean decays to zero within a few lengthscales of the
                 grid); ``True`` computes them anyway, with a warning.
@@ -224,7 +232,26 @@ class GPHMPosterior(ModelPosterior):
                         p, family, axes, self.context["jitter"], self.context["uniform"]))
                 total = total + _cross_predict(p, family, axes, jnp.asarray(alphas[kernel, i]),
                                                jnp.asarray(pts), r)  # fmt: skip
-            return np.asarray(total)
+            if not return_std:
+                return np.asarray(total)
+            return np.asarray(total), self._std(pts, r, kernel)
+
+    def _std(self, pts: np.ndarray, r, kernel: str) -> np.ndarray:
+        """The spread over the posterior draws of the last stage's grid values (the earlier
+        stages are fixed: their fields enter the mean only)."""
+        if kernel != self.extra["kernel"]:
+            raise ValueError(f"`return_std` is for the kept fit ({self.extra['kernel']!r}); the "
+                             f"other family's fit ({kernel!r}) has no posterior draws.")
+        if "V" not in self.samples:
+            raise ValueError("`return_std` needs posterior draws: fit with num_samples > 0.")
+        params, family = self.extra["stages"][-1]
+        draws = np.asarray(self.samples["V"]).reshape(-1, *np.shape(params["V"]))
+        axes = tuple(jnp.asarray(a) for a in self.grid)
+        p = jax.tree.map(jnp.asarray, params)
+        alpha = _weights({**p, "V": jnp.moveaxis(jnp.asarray(draws), 0, -1)}, family, axes,
+                         self.context["jitter"], self.context["uniform"])  # fmt: skip
+        vals = _cross_predict(p, family, axes, alpha, jnp.asarray(pts), r)
+        return np.asarray(jnp.std(vals, axis=-1))
 
     def score(self, *test_data, pointwise: bool = False, **kw):
         """Not defined for GP-HM: the PDE's collocation data have no held-out counterpart."""
@@ -271,7 +298,9 @@ class GPSolver(Estimator):
         num_components: :math:`Q` per axis (paper: 30).
         freq_scale: :math:`F`: initial frequencies :math:`\mu = \operatorname{linspace}(0, F,
             Q)` in cycles per unit (one float or one per axis); must exceed the solution's
-            frequencies (:math:`k/2\pi` for :math:`\sin kx`). Default: the PDE's, else 20.
+            frequencies (:math:`k/2\pi` for :math:`\sin kx`). Default: the PDE's, else twice
+            the frequency below which 99.9 % of the source's spectrum on the grid lies, per
+            axis (:func:`_spectral_scale`; 20 for a zero source).
         boundary_weight: :math:`\lambda_b` (paper: 200, advection 500); default the PDE's,
             else 200. With ``boundary="multiplier"`` (default) it only sets the scale of the
             penalty :math:`\mu = \lambda_b\tau_2` where the method of multipliers starts
@@ -408,7 +437,11 @@ class GPSolver(Estimator):
                     f"`grid[{j}]` has {a.size} points, too few for derivatives of order "
                     f"{need - 3} along axis {j} (need at least {need})."
                 )
-        fs = self.freq_scale if self.freq_scale is not None else defaults.get("freq_scale", 20.0)
+        fs = self.freq_scale if self.freq_scale is not None else defaults.get("freq_scale")
+        if fs is None:  # from the source's spectrum on the grid; else the reference's 20
+            x = jnp.stack(jnp.meshgrid(*(jnp.asarray(a, jnp.float64) for a in axes),
+                                       indexing="ij"), axis=-1)  # fmt: skip
+            fs = _spectral_scale(np.asarray(_source(pde, tuple(a.size for a in axes), x)), axes)
         fs = np.atleast_1d(np.asarray(fs, np.float64))
         if fs.ndim != 1 or fs.size not in (1, d) or not np.all(np.isfinite(fs)) or np.any(fs <= 0):
             raise ValueError(
@@ -501,8 +534,6 @@ class GPSolver(Estimator):
         """The stages of one kernel family: the mixture GP (then L-BFGS), and the extra GP
         (then L-BFGS) where asked. Returns ``{"stages": [(params, family), ...], "problem",
         "results"}`` (the loop results of this chain)."""
-        import dataclasses
-
         ctx = prepared.context
         problem = dataclasses.replace(prepared.problem, family=family)
         results = []
@@ -622,6 +653,8 @@ class GPSolver(Estimator):
             extra={
                 "loss": np.concatenate([np.asarray(r.history["loss"]) for r in ctx["chain"]]),
                 "kernel": ctx["family"],
+                "boundary_penalty": (None if problem.multiplier is None
+                                     else float(problem.penalty)),
                 "heldout": ctx["selection"][ctx["family"]],
                 "kernel_selection": ctx["selection"],
                 "candidates": {f: [(jax.tree.map(np.asarray, p), fam) for p, fam in st]
@@ -676,8 +709,6 @@ def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
 
 def _continued(problem: GPHMProblem, init: Any, axes_np, boundary: str):
     """``problem`` started where the fit ``init`` ended, and ``init``'s kernel family."""
-    import dataclasses
-
     if not isinstance(init, GPHMPosterior):
         raise TypeError(f"`init` must be a GPHMPosterior (a previous fit); got "
                         f"{type(init).__name__}.")  # fmt: skip
@@ -699,6 +730,45 @@ def _continued(problem: GPHMProblem, init: Any, axes_np, boundary: str):
         family=family,
         **({} if prev.multiplier is None else
            dict(multiplier=prev.multiplier, penalty=prev.penalty))), family  # fmt: skip
+
+
+# The default F from the source: twice the frequency below which SPECTRAL_ENERGY of the
+# source's (Hann-windowed, mean-removed) spectrum lies along each axis, at least
+# SPECTRAL_FLOOR cycles over the axis and at most the grid's Nyquist frequency.
+SPECTRAL_ENERGY = 0.999
+SPECTRAL_MARGIN = 2.0
+SPECTRAL_FLOOR = 2.0
+DEFAULT_FREQ_SCALE = 20.0
+
+
+def _spectral_scale(f: np.ndarray, axes) -> float | tuple[float, ...]:
+    r"""The default :math:`F` per axis from the source on the grid: the components must start
+    above the solution's frequencies, which for a linear operator are the source's, and the
+    source is known before the fit. Per axis :math:`j`: the power spectrum of :math:`f` along
+    :math:`j` (mean removed, Hann window against the leakage of a non-periodic signal,
+    averaged over the other axes, at the mean spacing :math:`h_j`), :math:`\nu_j` the
+    frequency below which ``SPECTRAL_ENERGY`` of its energy lies, and
+    :math:`F_j = \min(\max(2\nu_j, 2/L_j), 1/(2h_j))` cycles per unit. A zero source (the
+    solution is driven by the boundary data alone, e.g. Helmholtz) gives the reference's 20.
+    """
+    if not np.any(f - f.mean()):
+        return DEFAULT_FREQ_SCALE
+    out = []
+    for j, a in enumerate(axes):
+        m, length = a.size, float(a[-1] - a[0])
+        h = length / (m - 1)
+        g = np.moveaxis(f, j, -1).reshape(-1, m)
+        g = (g - g.mean(axis=1, keepdims=True)) * np.hanning(m)
+        power = np.mean(np.abs(np.fft.rfft(g, axis=1)) ** 2, axis=0)
+        freqs = np.fft.rfftfreq(m, d=h)
+        total = power[1:].sum()
+        if total <= 0:
+            out.append(SPECTRAL_FLOOR / length)
+            continue
+        cum = np.cumsum(power[1:]) / total
+        nu = freqs[1:][np.searchsorted(cum, SPECTRAL_ENERGY)]
+        out.append(float(min(max(SPECTRAL_MARGIN * nu, SPECTRAL_FLOOR / length), 0.5 / h)))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _check_data(pde: PDE, axes_np, dtype) -> dict | None:
