@@ -634,3 +634,75 @@ def test_default_freq_scale_comes_from_the_source_spectrum():
     assert 12.0 < GPSolver(grid=200, **QUIET).settings(pde)["freq_scale"] < 17.0
     assert GPSolver(grid=200, freq_scale=3.0, **QUIET).settings(pde)["freq_scale"] == 3.0
     assert GPSolver(**QUIET).settings(pde_problem("poisson1d_sin100"))["freq_scale"] == 20.0
+
+
+# ---- Neumann faces -------------------------------------------------------------------------
+
+
+def test_boundary_kinds_give_dirichlet_the_corners_and_the_lower_axis_the_neumann_ones():
+    from bayeslr.models.gphm import boundary_kinds
+
+    # 4x3 grid; x-lo and y-hi Neumann, the rest Dirichlet
+    kind, sign = boundary_kinds((4, 3), ((True, False), (False, True)))
+    nodes = [tuple(p) for p in np.argwhere(boundary_mask((4, 3)))]
+    table = dict(zip(nodes, zip(kind.tolist(), sign.tolist(), strict=True), strict=True))
+    assert table[(0, 1)] == (1, -1.0)  # x-lo face: -du/dx
+    assert table[(1, 2)] == (2, 1.0) and table[(2, 2)] == (2, 1.0)  # y-hi face: +du/dy
+    assert table[(0, 2)] == (1, -1.0)  # both faces Neumann: the lower axis
+    assert table[(0, 0)][0] == 0 and table[(3, 2)][0] == 0  # touches a Dirichlet face
+    assert all(table[(3, j)][0] == 0 for j in range(3))
+    k0, s0 = boundary_kinds((4, 3), None)
+    assert not k0.any() and not s0.any()
+
+
+def test_neumann_faces_are_solved_to_the_dirichlet_accuracy(x64):
+    # u'' = f on [0, 1], u = sin(3πx/2) + x: u(0) = 0 and u'(1) = 1 (sin' at 3π/2 is 0)
+    k = 1.5 * np.pi
+    exact = lambda x: np.sin(k * x) + x  # noqa: E731
+    pde = PDE(operator=lambda u, d, x: d[(2,)], derivatives=((2,),), domain=((0.0, 1.0),),
+              boundary=lambda x: jnp.sin(k * x[:, 0]) + x[:, 0],
+              source=lambda x: -(k**2) * jnp.sin(k * x[..., 0]),
+              neumann={(0, "hi"): 1.0})  # fmt: skip
+    kw = dict(grid=30, num_components=4, freq_scale=2.0, num_steps=300, num_samples=0, **QUIET)
+    post = GPSolver(**kw).fit(pde)
+    assert _rel_l2(post, exact, 0.0, 1.0) < 1e-3
+    np.testing.assert_allclose(post.solution(np.array([1.0]), derivative=(1,)), [1.0],
+                               atol=1e-3)  # fmt: skip
+    # the same solution with its Dirichlet data instead of the slope
+    dirichlet = GPSolver(**kw).fit(PDE(pde.operator, pde.derivatives, pde.domain, pde.boundary,
+                                       pde.source))  # fmt: skip
+    assert _rel_l2(dirichlet, exact, 0.0, 1.0) < 1e-3
+    # 2-D: u_xx + u_yy = f on [0, 1]², u = cos(πx) sin(πy) + y, Neumann on both x faces
+    # (du/dn = 0 there: -u_x(0, y) = 0, u_x(1, y) = 0)
+    u2 = lambda x: jnp.cos(np.pi * x[..., 0]) * jnp.sin(np.pi * x[..., 1]) + x[..., 1]  # noqa: E731
+    pde2 = PDE(operator=lambda u, d, x: d[(2, 0)] + d[(0, 2)], derivatives=((2, 0), (0, 2)),
+               domain=((0.0, 1.0), (0.0, 1.0)), boundary=u2,
+               source=lambda x: -2 * np.pi**2 * jnp.cos(np.pi * x[..., 0])
+               * jnp.sin(np.pi * x[..., 1]),
+               neumann={(0, "lo"): 0.0, (0, "hi"): lambda x: jnp.zeros(x.shape[0])})  # fmt: skip
+    post2 = GPSolver(grid=(20, 20), num_components=4, freq_scale=1.0, num_steps=200,
+                     num_samples=0, **QUIET).fit(pde2)  # fmt: skip
+    xs = np.stack(np.meshgrid(np.linspace(0, 1, 15), np.linspace(0, 1, 15)), -1).reshape(-1, 2)
+    ref = np.asarray(u2(jnp.asarray(xs)))
+    assert np.linalg.norm(post2.solution(xs) - ref) / np.linalg.norm(ref) < 1e-2
+    assert post2.extra["heldout"]["held_out"] and post2.extra["heldout"]["boundary"] < 1e-2
+
+
+@pytest.mark.parametrize(
+    "neumann,boundary,match",
+    [
+        ({(1, "lo"): 0.0}, True, r"`pde.neumann` keys must be faces \(axis, 'lo' \| 'hi'\)"),
+        ({(0, "left"): 0.0}, True, r"`pde.neumann` keys must be faces"),
+        ({(0, "lo"): "flat"}, True, r"`pde.neumann\[\(0, 'lo'\)\]` must be a callable"),
+        ({(0, "lo"): 0.0}, False, r"`pde.boundary` is None but some faces"),
+        ({(0, "lo"): lambda x: jnp.zeros((x.shape[0], 2))}, True,
+         r"`pde.neumann\[\(0, 'lo'\)\]` must return one value per boundary point"),
+    ],
+)
+def test_bad_neumann_data_fail_before_fitting(neumann, boundary, match):
+    import dataclasses
+
+    pde = dataclasses.replace(_sine_pde(1.0), neumann=neumann,
+                              boundary=_sine_pde(1.0).boundary if boundary else None)
+    with pytest.raises(ValueError, match=match):
+        GPSolver(grid=20, num_steps=1, **QUIET).fit(pde)

@@ -84,7 +84,7 @@ from bayeslr.models.gphm.algo import (
 )
 from bayeslr.models.gphm.estimator import GPHMPosterior, GPSolver
 from bayeslr.models.gphm.model import gphm_model
-from bayeslr.models.gphm.pde import PDE, boundary_mask
+from bayeslr.models.gphm.pde import PDE, boundary_kinds, boundary_mask
 
 __all__ = [
     "PDE",
@@ -92,6 +92,7 @@ __all__ = [
     "GPHMProblem",
     "GPHMState",
     "GPSolver",
+    "boundary_kinds",
     "boundary_mask",
     "gauss_newton_step",
     "gphm_init",

@@ -19,7 +19,13 @@ from bayeslr.gp.kernels import SpectralMixture, StudentTMixture
 from bayeslr.linalg.cg import cg_probe
 from bayeslr.linalg.kron import mode_product
 from bayeslr.linalg.toeplitz import toeplitz_from_lags
-from bayeslr.models.gphm.pde import MultiIndex, boundary_mask
+from bayeslr.models.gphm.pde import (
+    MultiIndex,
+    NeumannFaces,
+    boundary_kinds,
+    boundary_mask,
+    normal_orders,
+)
 
 __all__ = [
     "GPHMProblem",
@@ -165,15 +171,36 @@ def _fields(V, E, orders, base) -> dict[MultiIndex, jax.Array]:
     return fields
 
 
-def _misfits(V, E, axes, operator, orders, source, boundary_values, base):
-    """The PDE residual :math:`H` on the grid and the boundary misfit :math:`U_b - g` of the
-    whitened values ``V`` under the operators ``E`` (plus the fixed ``base`` fields)."""
+def _all_orders(orders, neumann: NeumannFaces | None) -> tuple[MultiIndex, ...]:
+    """The operator's multi-indices and the first derivatives the Neumann faces read."""
+    return tuple(dict.fromkeys((*orders, *normal_orders(neumann))))
+
+
+def _boundary_field(fields, shape, neumann: NeumannFaces | None) -> jax.Array:
+    r"""What the boundary data constrain, per boundary node (:func:`boundary_mask` order):
+    :math:`u` at Dirichlet nodes, the outward normal derivative :math:`\pm\partial_{x_j}u` at
+    the Neumann nodes of axis :math:`j` (:func:`boundary_kinds`)."""
+    mask = boundary_mask(shape)
+    b = fields[(0,) * len(shape)][mask]
+    if neumann is None:
+        return b
+    kind, sign = boundary_kinds(shape, neumann)
+    for idx in normal_orders(neumann):
+        j = idx.index(1)
+        b = jnp.where(kind == j + 1, sign * fields[idx][mask], b)
+    return b
+
+
+def _misfits(V, E, axes, operator, orders, source, boundary_values, base, neumann=None):
+    r"""The PDE residual :math:`H` on the grid and the boundary misfit (:math:`U_b - g`, and
+    :math:`\partial_n u - h` on Neumann faces) of the whitened values ``V`` under the operators
+    ``E`` (plus the fixed ``base`` fields)."""
     zero = (0,) * V.ndim
-    fields = _fields(V, E, orders, base)
+    fields = _fields(V, E, _all_orders(orders, neumann), base)
     u = fields[zero]
     x = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
     H = operator(u, {idx: fields[idx] for idx in orders}, x) - source
-    return H, u[boundary_mask(V.shape)] - boundary_values
+    return H, _boundary_field(fields, V.shape, neumann) - boundary_values
 
 
 def gphm_loss(
@@ -191,6 +218,7 @@ def gphm_loss(
     uniform: Sequence[bool] | None = None,
     multiplier: jax.Array | None = None,
     penalty: jax.Array | None = None,
+    neumann: NeumannFaces | None = None,
 ) -> tuple[jax.Array, dict]:
     r"""The GP-HM loss :math:`\mathcal L` (module docstring) in the whitened parameterization.
 
@@ -214,6 +242,9 @@ def gphm_loss(
             and the boundary term is the augmented Lagrangian :math:`\lambda^\top(U_b - g) +
             \tfrac{\mu}{2}\|U_b - g\|^2` (``log_tau1`` is not used), see :func:`gphm_step`.
         penalty: :math:`\mu`, with ``multiplier``.
+        neumann: per axis, whether its ``lo``/``hi`` faces carry Neumann data (static;
+            :class:`PDE`): there ``boundary_values`` are :math:`h` and the misfit is
+            :math:`\partial_n u - h`.
 
     Returns:
         ``(loss, parts)``; ``parts`` has ``prior`` (quadratic + log-det), ``boundary_sse``,
@@ -222,9 +253,10 @@ def gphm_loss(
     """
     V = params["V"]
     M = V.size
-    E, logdets = gphm_operators(_kernels(params, family), axes, orders, jitter, uniform)
+    E, logdets = gphm_operators(_kernels(params, family), axes, _all_orders(orders, neumann),
+                                jitter, uniform)  # fmt: skip
     half_logdet = 0.5 * sum((M / V.shape[j]) * ld for j, ld in enumerate(logdets))
-    H, bres = _misfits(V, E, axes, operator, orders, source, boundary_values, base)
+    H, bres = _misfits(V, E, axes, operator, orders, source, boundary_values, base, neumann)
     lt1, lt2 = params["log_tau1"], params["log_tau2"]
     sse_b = jnp.sum(bres**2)
     sse_r = jnp.sum(H**2)
@@ -255,6 +287,7 @@ def gauss_newton_step(
     uniform: Sequence[bool] | None = None,
     multiplier: jax.Array | None = None,
     penalty: jax.Array | None = None,
+    neumann: NeumannFaces | None = None,
 ) -> jax.Array:
     r"""One Gauss–Newton step on :math:`V` at fixed kernel parameters and precisions.
 
@@ -286,7 +319,7 @@ def gauss_newton_step(
     V, E, w2, r = _gn_parts(params, axes, operator, orders, source, boundary_values,
                             family=family, boundary_weight=boundary_weight, jitter=jitter,
                             base=base, uniform=uniform, multiplier=multiplier,
-                            penalty=penalty)  # fmt: skip
+                            penalty=penalty, neumann=neumann)  # fmt: skip
     shape = V.shape
     v = V.ravel()
     r0, vjp = jax.vjp(r, v)
@@ -305,14 +338,16 @@ def gauss_newton_step(
 
 
 def _gn_parts(params, axes, operator, orders, source, boundary_values, *, family,
-              boundary_weight, jitter, base, uniform, multiplier=None, penalty=None):
+              boundary_weight, jitter, base, uniform, multiplier=None, penalty=None,
+              neumann=None):
     r"""The whitened values :math:`V`, the operators, :math:`\sqrt{\tau_2}` and the stacked
     weighted residual :math:`r(v) = (\sqrt{\tau_2}\,H,\ \sqrt{\mu}(U_b - g'))`: the paper's
     :math:`\mu = \lambda_b\tau_1` and :math:`g' = g`, or with ``multiplier`` :math:`\lambda`
     the given ``penalty`` :math:`\mu` and :math:`g' = g - \lambda/\mu`."""
     V = params["V"]
     shape = V.shape
-    E, _ = gphm_operators(_kernels(params, family), axes, orders, jitter, uniform)
+    E, _ = gphm_operators(_kernels(params, family), axes, _all_orders(orders, neumann), jitter,
+                          uniform)  # fmt: skip
     w2 = jnp.exp(0.5 * params["log_tau2"])
     mu = boundary_weight * jnp.exp(params["log_tau1"]) if multiplier is None else penalty
     w1 = jnp.sqrt(mu)
@@ -321,7 +356,7 @@ def _gn_parts(params, axes, operator, orders, source, boundary_values, *, family
 
     def r(v):
         H, b = _misfits(v.reshape(shape), E, axes, operator, orders, source, boundary_values,
-                        base)  # fmt: skip
+                        base, neumann)  # fmt: skip
         return jnp.concatenate([w2 * H.ravel(), w1 * b])
 
     return V, E, w2, r
@@ -501,7 +536,7 @@ def _fields_off_grid(params, family, axes, jitter, uniform, at, orders):
 
 def heldout_misfits(
     params: Sequence[dict], families: Sequence[str], axes, jitter, uniform, operator, orders,
-    check: dict,
+    check: dict, neumann: NeumannFaces | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     r"""The PDE residual and the boundary misfit of a fit at points the fit never saw.
 
@@ -510,8 +545,8 @@ def heldout_misfits(
     grid (:func:`check_axes`), and ``"source"``, :math:`f` there; ``"faces"``,
     per boundary face a product grid (the face's coordinate on its axis, the check midpoints on
     the others) and ``"boundary"``, :math:`g` there (concatenated in face order). Returns
-    ``(H, B, U)``: :math:`L[u] - f` on the check grid, :math:`u - g` on the faces (flattened)
-    and :math:`u` on the check grid.
+    ``(H, B, U)``: :math:`L[u] - f` on the check grid, :math:`u - g` on the faces (flattened;
+    :math:`\partial_n u - h` on Neumann faces) and :math:`u` on the check grid.
     """
     d = len(axes)
     zero = (0,) * d
@@ -521,13 +556,24 @@ def heldout_misfits(
     for p, family in zip(params, families, strict=True):
         f = _fields_off_grid(p, family, axes, jitter, uniform, at, orders)
         fields = f if fields is None else {k: fields[k] + v for k, v in f.items()}
-        fu = jnp.concatenate([
-            _fields_off_grid(p, family, axes, jitter, uniform, face, ())[zero].ravel()
-            for face in check["faces"]])  # fmt: skip
+        fu = jnp.concatenate([_face_values(p, family, axes, jitter, uniform, face, i, neumann)
+                              for i, face in enumerate(check["faces"])])  # fmt: skip
         face_u = fu if face_u is None else face_u + fu
     x = jnp.stack(jnp.meshgrid(*at, indexing="ij"), axis=-1)
     H = operator(fields[zero], {idx: fields[idx] for idx in orders}, x) - check["source"]
     return H, face_u - check["boundary"], fields[zero]
+
+
+def _face_values(params, family, axes, jitter, uniform, face, i: int, neumann):
+    """On check face ``i`` (axis ``i // 2``, ``lo`` then ``hi``): :math:`u`, or the outward
+    normal derivative on a Neumann face."""
+    j, side = divmod(i, 2)
+    d = len(axes)
+    if neumann is None or not neumann[j][side]:
+        return _fields_off_grid(params, family, axes, jitter, uniform, face, ())[(0,) * d].ravel()
+    e = tuple(int(k == j) for k in range(d))
+    du = _fields_off_grid(params, family, axes, jitter, uniform, face, (e,))[e].ravel()
+    return du if side else -du
 
 
 def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 << 24):
@@ -565,7 +611,7 @@ def _cross_predict(params, family, axes, alpha, pts, r, chunk_elements: int = 1 
     data_fields=["axes", "source", "boundary_values", "boundary_weight", "jitter",
                  "learning_rate", "decay_steps", "start", "base", "multiplier", "penalty"],
     meta_fields=["operator", "orders", "family", "uniform", "optimizer", "dense_limit",
-                 "cg_steps", "schedule"],
+                 "cg_steps", "schedule", "neumann"],
 )  # fmt: skip
 @dataclasses.dataclass(frozen=True)
 class GPHMProblem:
@@ -611,6 +657,12 @@ class GPHMProblem:
     schedule: Callable | None = None
     multiplier: jax.Array | None = None
     penalty: jax.Array | None = None
+    neumann: NeumannFaces | None = None
+
+    @property
+    def all_orders(self) -> tuple[MultiIndex, ...]:
+        """The operator's multi-indices and the Neumann faces' first derivatives."""
+        return _all_orders(self.orders, self.neumann)
 
     def loss(self, params: dict) -> tuple[jax.Array, dict]:
         """:func:`gphm_loss` of ``params`` on this problem."""
@@ -618,7 +670,7 @@ class GPHMProblem:
                          self.boundary_values, family=self.family,
                          boundary_weight=self.boundary_weight, jitter=self.jitter,
                          base=self.base, uniform=self.uniform, multiplier=self.multiplier,
-                         penalty=self.penalty)  # fmt: skip
+                         penalty=self.penalty, neumann=self.neumann)  # fmt: skip
 
     def newton(self, params: dict) -> jax.Array:
         """:func:`gauss_newton_step` of ``params`` on this problem (the new ``V``)."""
@@ -627,7 +679,8 @@ class GPHMProblem:
                                  boundary_weight=self.boundary_weight, jitter=self.jitter,
                                  base=self.base, dense_limit=self.dense_limit,
                                  cg_steps=self.cg_steps, uniform=self.uniform,
-                                 multiplier=self.multiplier, penalty=self.penalty)  # fmt: skip
+                                 multiplier=self.multiplier, penalty=self.penalty,
+                                 neumann=self.neumann)  # fmt: skip
 
 
 class GPHMState(NamedTuple):
@@ -796,7 +849,8 @@ def laplace_draws(key: jax.Array, num: int, params: dict, problem: GPHMProblem) 
                             problem.source, problem.boundary_values, family=problem.family,
                             boundary_weight=problem.boundary_weight, jitter=problem.jitter,
                             base=problem.base, uniform=problem.uniform,
-                            multiplier=problem.multiplier, penalty=problem.penalty)  # fmt: skip
+                            multiplier=problem.multiplier, penalty=problem.penalty,
+                            neumann=problem.neumann)  # fmt: skip
     v = V.ravel()
     r0, vjp = jax.vjp(r, v)
     solve = _gn_solver(V, E, w2, r, problem.axes, problem.operator, problem.orders,

@@ -42,6 +42,8 @@ from bayeslr.models.gphm.pde import (
     _build_grid,
     _check_derivatives,
     _check_domain,
+    _check_neumann,
+    boundary_kinds,
     boundary_mask,
 )
 
@@ -61,7 +63,7 @@ def _loss_at(params, problem: GPHMProblem):
 
 
 _draws = jax.jit(laplace_draws, static_argnums=1)
-_heldout = jax.jit(heldout_misfits, static_argnums=(1, 4, 5, 6))
+_heldout = jax.jit(heldout_misfits, static_argnums=(1, 4, 5, 6, 8))
 
 
 def heldout_score(params: Sequence[dict], families: Sequence[str], problem: GPHMProblem,
@@ -73,7 +75,8 @@ def heldout_score(params: Sequence[dict], families: Sequence[str], problem: GPHM
     the check grid (``boundary``), and their sum (``score``, lower is better). A zero
     :math:`f` counts as scale 1."""
     H, B, U = _heldout(tuple(params), tuple(families), problem.axes, problem.jitter,
-                    problem.uniform, problem.operator, problem.orders, check)  # fmt: skip
+                    problem.uniform, problem.operator, problem.orders, check,
+                    problem.neumann)  # fmt: skip
     res = float(jnp.sqrt(jnp.mean(H**2))) / check["source_scale"]
     scale = max(check["boundary_scale"], float(jnp.sqrt(jnp.mean(U**2))))
     bnd = float(jnp.sqrt(jnp.mean(B**2))) / scale if scale > 0 else 0.0
@@ -427,6 +430,10 @@ class GPSolver(Estimator):
         domain = _check_domain(pde.domain)
         d = len(domain)
         orders = _check_derivatives(pde.derivatives, d)
+        neumann = _check_neumann(pde.neumann, d)
+        if pde.boundary is None and (neumann is None or not all(all(f) for f in neumann)):
+            raise ValueError("`pde.boundary` is None but some faces have no Neumann data "
+                             "(`pde.neumann`): give the Dirichlet data there.")  # fmt: skip
         defaults = pde.defaults or {}
         axes = _build_grid(defaults.get("grid", 100) if self.grid is None else self.grid,
                            domain)  # fmt: skip
@@ -456,7 +463,7 @@ class GPSolver(Estimator):
         return {"pde": pde, "orders": orders, "axes": axes,
                 "freq_scale": float(fs[0]) if fs.size == 1 else tuple(float(v) for v in fs),
                 "boundary_weight": float(lam), "boundary": self.boundary,
-                "extra_gp_fraction": extra}  # fmt: skip
+                "extra_gp_fraction": extra, "neumann": neumann}  # fmt: skip
 
     def boundary_points(self, pde: Any) -> np.ndarray:
         """The boundary nodes of ``pde``'s grid, ``(N_b, d)`` in C order (each node once): the
@@ -480,7 +487,8 @@ class GPSolver(Estimator):
         dtype = jnp.float64
         axes = tuple(jnp.asarray(a, dtype) for a in axes_np)
         x = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
-        gvals = _boundary_values(pde, _boundary_points(axes_np))
+        neumann = s["neumann"]
+        gvals = _boundary_values(pde, _boundary_points(axes_np), *boundary_kinds(shape, neumann))
         _check_operator(pde, orders, shape, x)
         f = _source(pde, shape, x)
         uniform = tuple(_is_uniform(a) for a in axes_np)
@@ -498,7 +506,7 @@ class GPSolver(Estimator):
             operator=pde.operator, orders=orders, uniform=uniform,
             family="stm" if self.kernel == "auto" else self.kernel,
             optimizer=self.optimizer, dense_limit=self.dense_limit, cg_steps=self.cg_steps,
-            schedule=lr if callable(lr) else None,
+            schedule=lr if callable(lr) else None, neumann=neumann,
             **({} if self.boundary == "penalty" else dict(
                 multiplier=jnp.zeros(gvals.shape, dtype),
                 penalty=jnp.asarray(s["boundary_weight"], dtype))),
@@ -509,7 +517,7 @@ class GPSolver(Estimator):
         settings = {k: v for k, v in s.items() if k not in ("pde", "axes", "orders")}
         context = {"init_family": init_family, "pde": pde, "axes": axes_np,
                    "uniform": uniform, "jitter": self.jitter,
-                   "check": _check_data(pde, axes_np, dtype),
+                   "check": _check_data(pde, axes_np, dtype, neumann),
                    "settings": {**settings, "grid": shape}, "n1": n1,
                    "source": np.asarray(f), "boundary_values": gvals}  # fmt: skip
         return Prepared(problem, context)
@@ -561,9 +569,9 @@ class GPSolver(Estimator):
             params = res.state[0]
         stages = [(params, family)]
         if ctx["settings"]["extra_gp_fraction"] is not None:
-            E, _ = gphm_operators(_kernels(params, family), problem.axes, problem.orders,
+            E, _ = gphm_operators(_kernels(params, family), problem.axes, problem.all_orders,
                                   self.jitter, problem.uniform)  # fmt: skip
-            base = jax.lax.stop_gradient(_fields(params["V"], E, problem.orders, None))
+            base = jax.lax.stop_gradient(_fields(params["V"], E, problem.all_orders, None))
             n2 = self.num_steps - ctx["n1"]
             problem = dataclasses.replace(
                 problem, start=extra_params(params["V"].shape, params, jnp.float64), base=base,
@@ -642,7 +650,8 @@ class GPSolver(Estimator):
             problem.penalty / jnp.exp(kernel_params["log_tau1"])  # fmt: skip
         kwargs = dict(kernel_params=kernel_params, family=problem.family,
                       boundary_weight=bw, jitter=problem.jitter,
-                      base=problem.base, uniform=problem.uniform)  # fmt: skip
+                      base=problem.base, uniform=problem.uniform,
+                      neumann=problem.neumann)  # fmt: skip
         args = (problem.axes, problem.operator, problem.orders, problem.source,
                 problem.boundary_values)  # fmt: skip
         post = GPHMPosterior(
@@ -692,18 +701,40 @@ def _warn_if_boundary_missed(post: GPHMPosterior) -> None:
 # the PDE's data on the grid
 
 
-def _boundary_values(pde: PDE, pts: np.ndarray) -> np.ndarray:
+def _boundary_values(pde: PDE, pts: np.ndarray, kind: np.ndarray | None = None,
+                     sign: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The boundary data at ``pts``: Dirichlet data where ``kind`` is 0 (or not given), the
+    Neumann data of the face of axis ``kind - 1`` on the side of ``sign`` elsewhere."""
+    n = pts.shape[0]
+    kind = np.zeros(n, np.int32) if kind is None else kind
     g = pde.boundary
-    if callable(g):
-        vals = np.asarray(_call(g, jnp.asarray(pts, jnp.float64)), np.float64)
-        what = "`pde.boundary` must return one value per boundary point"
-    else:
+    if g is not None and not callable(g):
         vals = np.asarray(g, np.float64)
-        what = "`pde.boundary` (an array) must hold one value per boundary node of the grid"
-    if vals.shape != (pts.shape[0],):
-        raise ValueError(f"{what}, shape ({pts.shape[0]},); got shape {vals.shape}.")
+        if vals.shape != (n,):
+            raise ValueError(f"`pde.boundary` (an array) must hold one value per boundary node "
+                             f"of the grid, shape ({n},); got shape {vals.shape}.")  # fmt: skip
+    else:
+        vals = np.zeros(n)
+        dirichlet = kind == 0
+        if np.any(dirichlet):
+            vals[dirichlet] = _evaluate("pde.boundary", g, pts[dirichlet])
+        for (axis, side), h in (pde.neumann or {}).items():
+            on = (kind == axis + 1) & (sign == (-1.0 if side == "lo" else 1.0))
+            if np.any(on):
+                vals[on] = _evaluate(f"pde.neumann[{(axis, side)!r}]", h, pts[on])
     if not np.all(np.isfinite(vals)):
         raise ValueError("`pde.boundary` has NaN or infinite values.")
+    return vals
+
+
+def _evaluate(name: str, fn: Any, pts: np.ndarray) -> np.ndarray:
+    """A boundary data function (or a number) at points ``(n, d)``, checked for shape."""
+    if not callable(fn):
+        return np.full(pts.shape[0], float(fn))
+    vals = np.asarray(_call(fn, jnp.asarray(pts, jnp.float64)), np.float64)
+    if vals.shape != (pts.shape[0],):
+        raise ValueError(f"`{name}` must return one value per boundary point, shape "
+                         f"({pts.shape[0]},); got shape {vals.shape}.")  # fmt: skip
     return vals
 
 
@@ -771,19 +802,23 @@ def _spectral_scale(f: np.ndarray, axes) -> float | tuple[float, ...]:
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def _check_data(pde: PDE, axes_np, dtype) -> dict | None:
+def _check_data(pde: PDE, axes_np, dtype, neumann=None) -> dict | None:
     """The held-out check points and the PDE's data there (:func:`heldout_score`), or ``None``
     where ``source`` or ``boundary`` is an array (given at the grid nodes only)."""
-    if not callable(pde.boundary) or not (pde.source is None or callable(pde.source)):
+    if not (pde.boundary is None or callable(pde.boundary)) or \
+            not (pde.source is None or callable(pde.source)):  # fmt: skip
         return None
     mids = check_axes(axes_np)
-    faces, pts = [], []
+    faces, pts, kinds, signs = [], [], [], []
     for j, a in enumerate(axes_np):
-        for end in (a[:1], a[-1:]):
+        for side, end in enumerate((a[:1], a[-1:])):
             face = tuple(end if i == j else m for i, m in enumerate(mids))
             faces.append(tuple(jnp.asarray(v, dtype) for v in face))
             pts.append(np.stack(np.meshgrid(*face, indexing="ij"), axis=-1).reshape(-1, len(mids)))
-    g = _boundary_values(pde, np.concatenate(pts))
+            on_neumann = neumann is not None and neumann[j][side]
+            kinds.append(np.full(len(pts[-1]), j + 1 if on_neumann else 0, np.int32))
+            signs.append(np.full(len(pts[-1]), 1.0 if side else -1.0))
+    g = _boundary_values(pde, np.concatenate(pts), np.concatenate(kinds), np.concatenate(signs))
     x = jnp.stack(jnp.meshgrid(*(jnp.asarray(m, dtype) for m in mids), indexing="ij"), axis=-1)
     f = _source(pde, tuple(m.size for m in mids), x)
 

@@ -10,8 +10,14 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from bayeslr.models.gphm.algo import _fields, _kernels, gphm_operators
-from bayeslr.models.gphm.pde import MultiIndex, boundary_mask
+from bayeslr.models.gphm.algo import (
+    _all_orders,
+    _boundary_field,
+    _fields,
+    _kernels,
+    gphm_operators,
+)
+from bayeslr.models.gphm.pde import MultiIndex, NeumannFaces
 
 __all__ = ["gphm_model"]
 
@@ -29,6 +35,7 @@ def gphm_model(
     jitter: float = 1e-6,
     base: dict | None = None,
     uniform: Sequence[bool] | None = None,
+    neumann: NeumannFaces | None = None,
 ) -> None:
     r"""The GP-HM model of the module docstring as a NumPyro model function.
 
@@ -63,18 +70,21 @@ def gphm_model(
         jitter: :math:`\epsilon`.
         base: fixed fields added to this GP's (the frozen mixture GP under the extra GP).
         uniform: per axis, whether the points are equally spaced.
+        neumann: per axis, whether its ``lo``/``hi`` faces carry Neumann data: there the
+            boundary site observes the outward normal derivative.
     """
     shape = tuple(int(a.shape[0]) for a in axes)
     d = len(shape)
     V = numpyro.sample("V", dist.Normal(jnp.zeros(shape, axes[0].dtype), 1.0).to_event(d))
-    E, _ = gphm_operators(_kernels(kernel_params, family), axes, orders, jitter, uniform)
-    fields = _fields(V, E, orders, base)
+    every = _all_orders(orders, neumann)
+    E, _ = gphm_operators(_kernels(kernel_params, family), axes, every, jitter, uniform)
+    fields = _fields(V, E, every, base)
     u = numpyro.deterministic("u", fields[(0,) * d])
     x = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
     Lu = operator(u, {idx: fields[idx] for idx in orders}, x)
     numpyro.sample("pde", dist.Normal(Lu, jnp.exp(-0.5 * kernel_params["log_tau2"])), obs=source)
     with handlers.scale(scale=boundary_weight):
         numpyro.sample("boundary",
-                       dist.Normal(u[boundary_mask(shape)],
+                       dist.Normal(_boundary_field(fields, shape, neumann),
                                    jnp.exp(-0.5 * kernel_params["log_tau1"])),
                        obs=boundary_values)  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 
 from bayeslr._validation import check_int
 
-__all__ = ["PDE", "boundary_mask"]
+__all__ = ["PDE", "boundary_kinds", "boundary_mask"]
 
 MultiIndex = tuple[int, ...]
 
@@ -22,7 +22,8 @@ MultiIndex = tuple[int, ...]
 @dataclasses.dataclass(frozen=True)
 class PDE:
     r"""A PDE :math:`\mathcal L[u](x) = f(x)` on a box with Dirichlet data :math:`u = g` on its
-    faces, as the solver needs it.
+    faces (or Neumann data :math:`\partial u/\partial n = h` on the faces named in
+    ``neumann``), as the solver needs it.
 
     Args:
         operator: ``operator(u, derivs, x) -> L[u]`` on the grid: ``u`` the grid values, shape
@@ -35,11 +36,20 @@ class PDE:
         domain: ``((lo_1, hi_1), ..., (lo_d, hi_d))``.
         boundary: the Dirichlet data: a callable ``g(x)`` taking boundary points ``(n, d)`` and
             returning ``(n,)``, or an array of the values at the grid's boundary nodes (in C
-            order of the grid, each node once; see :meth:`GPSolver.boundary_points`).
+            order of the grid, each node once; see :meth:`GPSolver.boundary_points`; at the
+            nodes of Neumann faces the array holds the Neumann data). ``None`` only when every
+            face is in ``neumann``.
         source: :math:`f(x)`, a callable on points ``(..., d)`` returning ``(...)``, or an
             array of its values at the grid points (shape ``(M_1, ..., M_d)``, the grid's
             C order; e.g. measured or tabulated data); ``None`` for :math:`f = 0`. A callable
             is evaluated once on the grid, not at every step.
+        neumann: faces with Neumann data in place of Dirichlet data: a mapping from a face,
+            ``(axis, "lo")`` or ``(axis, "hi")``, to :math:`h`, the **outward** normal
+            derivative there (:math:`-\partial_{x_j}u` on the ``"lo"`` face of axis :math:`j`,
+            :math:`+\partial_{x_j}u` on ``"hi"``): a callable of the face's points ``(n, d)``
+            returning ``(n,)``, or a number. A node shared with a Dirichlet face (a corner)
+            keeps the Dirichlet condition; one shared by two Neumann faces takes the face of
+            the lower axis. Faces not named are Dirichlet (data from ``boundary``).
         name: a label for progress bars and tables.
         defaults: solver settings this PDE suggests where the :class:`GPSolver` leaves them
             unset (keys ``grid``, ``freq_scale``, ``boundary_weight``, ``extra_gp_fraction``);
@@ -57,6 +67,7 @@ class PDE:
     boundary: Any
     source: Callable | Any = None
     name: str = "pde"
+    neumann: dict | None = dataclasses.field(default=None, compare=False, hash=False)
     defaults: dict | None = dataclasses.field(default=None, compare=False, hash=False)
 
     @classmethod
@@ -192,6 +203,69 @@ def boundary_mask(shape: tuple[int, ...]) -> np.ndarray:
             sl[j] = end
             mask[tuple(sl)] = True
     return mask
+
+
+NeumannFaces = tuple[tuple[bool, bool], ...]
+
+
+def _check_neumann(neumann: Any, d: int) -> NeumannFaces | None:
+    """Per axis, whether its ``lo`` and ``hi`` faces carry Neumann data (``None``: none do)."""
+    if neumann is None or (hasattr(neumann, "__len__") and len(neumann) == 0):
+        return None
+    if not hasattr(neumann, "items"):
+        raise TypeError(f"`pde.neumann` must be a mapping from faces (axis, 'lo' | 'hi') to data; "
+                        f"got {type(neumann).__name__}.")  # fmt: skip
+    faces = [[False, False] for _ in range(d)]
+    for key, value in neumann.items():
+        ok = (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], (int, np.integer))
+              and not isinstance(key[0], bool) and 0 <= key[0] < d and key[1] in ("lo", "hi"))
+        if not ok:
+            raise ValueError(f"`pde.neumann` keys must be faces (axis, 'lo' | 'hi') with axis in "
+                             f"0..{d - 1}; got {key!r}.")  # fmt: skip
+        if not callable(value):
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                v = np.nan
+            if not np.isfinite(v):
+                raise ValueError(f"`pde.neumann[{key!r}]` must be a callable of the face's "
+                                 f"points or a finite number; got {value!r}.")  # fmt: skip
+        faces[int(key[0])][("lo", "hi").index(key[1])] = True
+    return tuple((lo, hi) for lo, hi in faces)
+
+
+def normal_orders(neumann: NeumannFaces | None) -> tuple[MultiIndex, ...]:
+    r"""The first derivatives the Neumann faces read: :math:`\partial_{x_j}` per axis with
+    one."""
+    if neumann is None:
+        return ()
+    d = len(neumann)
+    return tuple(tuple(int(i == j) for i in range(d)) for j, f in enumerate(neumann) if any(f))
+
+
+def boundary_kinds(shape: tuple[int, ...], neumann: NeumannFaces | None
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per boundary node (:func:`boundary_mask` order): ``kind`` 0 for a Dirichlet node, else
+    :math:`j + 1` for a Neumann node of axis :math:`j`, and the sign of the outward normal
+    (``-1`` on ``lo`` faces, ``+1`` on ``hi``; 0 at Dirichlet nodes)."""
+    idx = np.argwhere(boundary_mask(shape))
+    kind = np.zeros(len(idx), np.int32)
+    sign = np.zeros(len(idx))
+    if neumann is None:
+        return kind, sign
+    dirichlet = np.zeros(len(idx), bool)
+    for j, m in enumerate(shape):
+        for side, end in enumerate((0, m - 1)):
+            on = idx[:, j] == end
+            if not neumann[j][side]:
+                dirichlet |= on
+    for j in reversed(range(len(shape))):  # the lowest axis wins at Neumann corners
+        for side, end in enumerate((0, shape[j] - 1)):
+            on = (idx[:, j] == end) & ~dirichlet
+            if neumann[j][side]:
+                kind[on] = j + 1
+                sign[on] = -1.0 if side == 0 else 1.0
+    return kind, sign
 
 
 # --------------------------------------------------------------------------------------------
