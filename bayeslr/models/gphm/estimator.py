@@ -547,10 +547,8 @@ class GPSolver(Estimator):
         results = []
         common = dict(chunk_size=self.steps_per_chunk, guard=("loss",),
                       progress_fields=("loss", "res_rms", "bnd_rms"), hint=_HINT)  # fmt: skip
-        tag = f"{family}" if self.kernel == "auto" else ""
-
-        def name(stage):
-            return f"{tag} {stage}".strip()
+        def name(stage):  # "gm-mixture" under kernel="auto" (also a checkpoint file suffix)
+            return f"{family}-{stage}" if self.kernel == "auto" else stage
 
         def carried(prob, state):  # the multipliers and the penalty go on to the next stage
             return dataclasses.replace(prob, multiplier=state.multiplier, penalty=state.penalty)
