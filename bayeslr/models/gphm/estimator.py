@@ -446,9 +446,11 @@ class GPSolver(Estimator):
                 )
         fs = self.freq_scale if self.freq_scale is not None else defaults.get("freq_scale")
         if fs is None:  # from the source's spectrum on the grid; else the reference's 20
-            x = jnp.stack(jnp.meshgrid(*(jnp.asarray(a, jnp.float64) for a in axes),
-                                       indexing="ij"), axis=-1)  # fmt: skip
-            fs = _spectral_scale(np.asarray(_source(pde, tuple(a.size for a in axes), x)), axes)
+            with jax.enable_x64(True):
+                x = jnp.stack(jnp.meshgrid(*(jnp.asarray(a, jnp.float64) for a in axes),
+                                           indexing="ij"), axis=-1)  # fmt: skip
+                f = np.asarray(_source(pde, tuple(a.size for a in axes), x))
+            fs = _spectral_scale(f, axes)
         fs = np.atleast_1d(np.asarray(fs, np.float64))
         if fs.ndim != 1 or fs.size not in (1, d) or not np.all(np.isfinite(fs)) or np.any(fs <= 0):
             raise ValueError(
