@@ -77,9 +77,18 @@ def heldout_score(params: Sequence[dict], families: Sequence[str], problem: GPHM
     H, B, U = _heldout(tuple(params), tuple(families), problem.axes, problem.jitter,
                     problem.uniform, problem.operator, problem.orders, check,
                     problem.neumann)  # fmt: skip
-    res = float(jnp.sqrt(jnp.mean(H**2))) / check["source_scale"]
-    scale = max(check["boundary_scale"], float(jnp.sqrt(jnp.mean(U**2))))
-    bnd = float(jnp.sqrt(jnp.mean(B**2))) / scale if scale > 0 else 0.0
+    scale = max(check["boundary_scale"], _rms(U))
+    return _misfit_score(_rms(H), check["source_scale"], _rms(B), scale)
+
+
+def _rms(a) -> float:
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
+def _misfit_score(res_rms: float, f_scale: float, bnd_rms: float, b_scale: float) -> dict:
+    """``residual`` and ``boundary`` RMS relative to their scales, and their sum ``score``."""
+    res = res_rms / f_scale
+    bnd = bnd_rms / b_scale if b_scale > 0 else 0.0
     return {"residual": res, "boundary": bnd, "score": res + bnd}
 
 
@@ -619,12 +628,11 @@ class GPSolver(Estimator):
             return {**heldout_score(params, families, chain["problem"], ctx["check"]),
                     "held_out": True}  # fmt: skip
         _, parts = _loss_at(params[-1], chain["problem"])
-        f_rms = float(np.sqrt(np.mean(ctx["source"] ** 2))) or 1.0
         g = ctx["boundary_values"]
-        res = float(np.sqrt(parts["residual_sse"] / ctx["source"].size)) / f_rms
-        scale = float(np.sqrt(np.mean(g**2))) or 1.0
-        bnd = float(np.sqrt(parts["boundary_sse"] / g.size)) / scale
-        return {"residual": res, "boundary": bnd, "score": res + bnd, "held_out": False}
+        score = _misfit_score(float(np.sqrt(parts["residual_sse"] / ctx["source"].size)),
+                              _rms(ctx["source"]) or 1.0,
+                              float(np.sqrt(parts["boundary_sse"] / g.size)), _rms(g) or 1.0)
+        return {**score, "held_out": False}
 
     def posterior(self, results, prepared: Prepared) -> GPHMPosterior:
         ctx = prepared.context
@@ -822,11 +830,11 @@ def _check_data(pde: PDE, axes_np, dtype, neumann=None) -> dict | None:
     x = jnp.stack(jnp.meshgrid(*(jnp.asarray(m, dtype) for m in mids), indexing="ij"), axis=-1)
     f = _source(pde, tuple(m.size for m in mids), x)
 
-    f_rms = float(np.sqrt(np.mean(np.square(f))))
+    f_rms = _rms(f)
     return {"axes": tuple(jnp.asarray(m, dtype) for m in mids), "source": f,
             "faces": tuple(faces), "boundary": jnp.asarray(g, dtype),
             "source_scale": f_rms if f_rms > 0 else 1.0,
-            "boundary_scale": float(np.sqrt(np.mean(np.square(g))))}  # fmt: skip
+            "boundary_scale": _rms(g)}  # fmt: skip
 
 
 def _source(pde: PDE, shape, x: jax.Array) -> jax.Array:
